@@ -1,0 +1,17 @@
+//! courier: a single-binary instant-messaging server.
+//!
+//! The protocol cores (`ws`, later `im`) are sans-IO: bytes and time in, events and bytes
+//! out. `net` is the one place that owns sockets; `clock` the one place that reads time.
+//! See ARCHITECTURE.md for the data flow.
+
+pub mod clock;
+pub mod config;
+pub mod net;
+pub mod signal;
+pub mod ws;
+
+// The wheel is an internal data structure; the fuzzer drives it directly.
+#[cfg(fuzzing)]
+pub mod timer;
+#[cfg(not(fuzzing))]
+pub(crate) mod timer;
