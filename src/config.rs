@@ -1,0 +1,342 @@
+//! Every knob with its default, read from flags and `COURIER_*` environment variables (a
+//! flag wins over the environment, which wins over the default). The flag tables are the
+//! single source for parsing and for `--help`, so the two cannot drift apart.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+/// One command-line flag. Its environment variable is `COURIER_` + the name upper-cased
+/// with `-` turned into `_`.
+pub struct Flag {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+/// Flags of the network layer, shared by every server subcommand.
+pub const NET_FLAGS: &[Flag] = &[
+    Flag {
+        name: "listen",
+        default: "127.0.0.1:8080",
+        help: "address to accept connections on",
+    },
+    Flag {
+        name: "max-message",
+        default: "1MiB",
+        help: "largest WebSocket message accepted (close 1009 above it)",
+    },
+    Flag {
+        name: "max-connections",
+        default: "auto",
+        help: "connections held at once; 'auto' = the open-file limit minus a reserve",
+    },
+    Flag {
+        name: "idle-timeout",
+        default: "75s",
+        help: "close a connection silent this long (1001)",
+    },
+    Flag {
+        name: "handshake-timeout",
+        default: "5s",
+        help: "cut off a client that has not finished its handshake (slowloris)",
+    },
+    Flag {
+        name: "close-timeout",
+        default: "2s",
+        help: "how long to wait for the peer's close frame / TCP close after ours",
+    },
+    Flag {
+        name: "out-soft-cap",
+        default: "256KiB",
+        help: "stop reading a connection whose unsent output is above this",
+    },
+    Flag {
+        name: "out-hard-cap",
+        default: "16MiB",
+        help: "close a connection (1008) whose unsent output is above this",
+    },
+];
+
+/// Parsed flag values, each already checked against its table.
+pub struct Values {
+    entries: Vec<(&'static Flag, String)>,
+}
+
+/// What the command line asked for besides values.
+pub enum Parsed {
+    Run(Values, Vec<String>),
+    Help,
+}
+
+/// Parses `args` against `tables`; positional arguments are returned in order. `env`
+/// looks up an environment variable (injected so tests need not touch the process env).
+pub fn parse(
+    args: &[String],
+    tables: &[&'static [Flag]],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Parsed, String> {
+    let flags: Vec<&'static Flag> = tables.iter().flat_map(|t| t.iter()).collect();
+    let mut given: Vec<(&'static Flag, String)> = Vec::new();
+    let mut positional = Vec::new();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        if arg == "--help" || arg == "-h" {
+            return Ok(Parsed::Help);
+        }
+        let Some(body) = arg.strip_prefix("--") else {
+            positional.push(arg.clone());
+            continue;
+        };
+        let (name, inline) = match body.split_once('=') {
+            Some((name, value)) => (name, Some(value.to_string())),
+            None => (body, None),
+        };
+        let flag = flags
+            .iter()
+            .find(|f| f.name == name)
+            .ok_or_else(|| format!("unknown flag --{name} (see --help)"))?;
+        let value = match inline {
+            Some(value) => value,
+            None => iter
+                .next()
+                .cloned()
+                .ok_or_else(|| format!("--{name} needs a value"))?,
+        };
+        given.push((flag, value));
+    }
+    let mut entries = Vec::with_capacity(flags.len());
+    for flag in flags {
+        // The last occurrence of a flag wins, as with most tools.
+        let value = given
+            .iter()
+            .rev()
+            .find(|(f, _)| std::ptr::eq(*f, flag))
+            .map(|(_, v)| v.clone())
+            .or_else(|| env(&env_name(flag.name)))
+            .unwrap_or_else(|| flag.default.to_string());
+        entries.push((flag, value));
+    }
+    Ok(Parsed::Run(Values { entries }, positional))
+}
+
+pub fn env_name(flag: &str) -> String {
+    format!("COURIER_{}", flag.to_ascii_uppercase().replace('-', "_"))
+}
+
+/// The `--help` text of one subcommand: usage, then every flag with its default and
+/// environment variable.
+pub fn help(usage: &str, tables: &[&'static [Flag]]) -> String {
+    let mut text =
+        format!("{usage}\n\nFlags (each also read from its environment variable; a flag wins):\n");
+    for flag in tables.iter().flat_map(|t| t.iter()) {
+        let _ = writeln!(
+            text,
+            "  --{:<20} {} [default: {}] [env: {}]",
+            flag.name,
+            flag.help,
+            flag.default,
+            env_name(flag.name)
+        );
+    }
+    text
+}
+
+impl Values {
+    pub fn raw(&self, name: &str) -> &str {
+        self.entries
+            .iter()
+            .find(|(f, _)| f.name == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("flag --{name} is not in this command's tables"))
+    }
+
+    pub fn addr(&self, name: &str) -> Result<SocketAddr, String> {
+        let raw = self.raw(name);
+        raw.parse()
+            .map_err(|_| format!("--{name}: expected an address like 127.0.0.1:8080, got '{raw}'"))
+    }
+
+    /// A duration in milliseconds: `500ms`, `25s`, `2m`, `1h`, `1d`.
+    pub fn millis(&self, name: &str) -> Result<u64, String> {
+        let raw = self.raw(name);
+        parse_duration_ms(raw).ok_or_else(|| {
+            format!("--{name}: expected a duration like 500ms, 25s, 2m or 24h, got '{raw}'")
+        })
+    }
+
+    /// A byte count: `65536`, `64KiB`, `16MiB`, `1GiB` (K, M, G are binary too).
+    pub fn bytes(&self, name: &str) -> Result<usize, String> {
+        let raw = self.raw(name);
+        parse_size(raw).ok_or_else(|| {
+            format!("--{name}: expected a size like 65536, 64KiB or 16MiB, got '{raw}'")
+        })
+    }
+
+    /// A count, or `auto` (returned as `None`).
+    pub fn count_or_auto(&self, name: &str) -> Result<Option<usize>, String> {
+        let raw = self.raw(name);
+        if raw == "auto" {
+            return Ok(None);
+        }
+        raw.parse()
+            .map(Some)
+            .map_err(|_| format!("--{name}: expected a whole number or 'auto', got '{raw}'"))
+    }
+}
+
+pub fn parse_duration_ms(raw: &str) -> Option<u64> {
+    let split = raw.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = raw.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let scale = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    number.checked_mul(scale)
+}
+
+pub fn parse_size(raw: &str) -> Option<usize> {
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (number, unit) = raw.split_at(split);
+    let number: usize = number.parse().ok()?;
+    let scale = match unit {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        _ => return None,
+    };
+    number.checked_mul(scale)
+}
+
+/// The network layer's settings.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    pub listen: SocketAddr,
+    pub max_message: usize,
+    pub max_connections: usize,
+    pub idle_timeout_ms: u64,
+    pub handshake_timeout_ms: u64,
+    pub close_timeout_ms: u64,
+    pub out_soft_cap: usize,
+    pub out_hard_cap: usize,
+}
+
+/// File descriptors kept back from `--max-connections auto` for the listener, the poll
+/// instance, the signal pipe, the store's files and a margin to accept-and-refuse with.
+const RESERVED_FDS: usize = 64;
+
+impl NetConfig {
+    /// `open_files` is the process's open-file limit, for `--max-connections auto`.
+    pub fn from_values(values: &Values, open_files: usize) -> Result<NetConfig, String> {
+        let config = NetConfig {
+            listen: values.addr("listen")?,
+            max_message: values.bytes("max-message")?,
+            max_connections: values
+                .count_or_auto("max-connections")?
+                .unwrap_or(open_files.saturating_sub(RESERVED_FDS).max(1)),
+            idle_timeout_ms: values.millis("idle-timeout")?,
+            handshake_timeout_ms: values.millis("handshake-timeout")?,
+            close_timeout_ms: values.millis("close-timeout")?,
+            out_soft_cap: values.bytes("out-soft-cap")?,
+            out_hard_cap: values.bytes("out-hard-cap")?,
+        };
+        if config.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
+        }
+        if config.out_hard_cap < config.out_soft_cap {
+            return Err("--out-hard-cap must not be below --out-soft-cap".into());
+        }
+        for (name, ms) in [
+            ("idle-timeout", config.idle_timeout_ms),
+            ("handshake-timeout", config.handshake_timeout_ms),
+            ("close-timeout", config.close_timeout_ms),
+        ] {
+            if ms == 0 {
+                return Err(format!("--{name} must be longer than 0"));
+            }
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn values(list: &[&str], env: &dyn Fn(&str) -> Option<String>) -> Values {
+        match parse(&args(list), &[NET_FLAGS], env).unwrap() {
+            Parsed::Run(values, _) => values,
+            Parsed::Help => panic!("help"),
+        }
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration_ms("500ms"), Some(500));
+        assert_eq!(parse_duration_ms("25s"), Some(25_000));
+        assert_eq!(parse_duration_ms("2m"), Some(120_000));
+        assert_eq!(parse_duration_ms("24h"), Some(86_400_000));
+        assert_eq!(parse_duration_ms("25"), None, "a bare number is ambiguous");
+        assert_eq!(parse_duration_ms("s"), None);
+        assert_eq!(parse_duration_ms("5x"), None);
+        assert_eq!(parse_size("16MiB"), Some(16 << 20));
+        assert_eq!(parse_size("64KiB"), Some(65536));
+        assert_eq!(parse_size("100"), Some(100));
+        assert_eq!(parse_size("1TB"), None);
+    }
+
+    #[test]
+    fn flag_wins_over_env_which_wins_over_default() {
+        let env = |name: &str| {
+            (name == "COURIER_IDLE_TIMEOUT" || name == "COURIER_LISTEN").then(|| "9s".to_string())
+        };
+        let v = values(&["--listen", "0.0.0.0:1"], &env);
+        assert_eq!(v.raw("listen"), "0.0.0.0:1");
+        assert_eq!(v.millis("idle-timeout"), Ok(9_000));
+        assert_eq!(v.millis("handshake-timeout"), Ok(5_000));
+    }
+
+    #[test]
+    fn equals_form_and_last_occurrence_win() {
+        let v = values(&["--max-message=10", "--max-message", "20"], &no_env);
+        assert_eq!(v.bytes("max-message"), Ok(20));
+    }
+
+    #[test]
+    fn unknown_flag_and_missing_value_are_errors() {
+        assert!(parse(&args(&["--nope", "1"]), &[NET_FLAGS], &no_env).is_err());
+        assert!(parse(&args(&["--listen"]), &[NET_FLAGS], &no_env).is_err());
+    }
+
+    #[test]
+    fn auto_max_connections_leaves_a_reserve() {
+        let config = NetConfig::from_values(&values(&[], &no_env), 20_000).unwrap();
+        assert_eq!(config.max_connections, 20_000 - RESERVED_FDS);
+        let config =
+            NetConfig::from_values(&values(&["--max-connections", "7"], &no_env), 20_000).unwrap();
+        assert_eq!(config.max_connections, 7);
+    }
+
+    #[test]
+    fn help_lists_every_flag_with_default_and_env() {
+        let text = help("usage: courier echo", &[NET_FLAGS]);
+        for flag in NET_FLAGS {
+            assert!(text.contains(&format!("--{}", flag.name)));
+            assert!(text.contains(flag.default));
+            assert!(text.contains(&env_name(flag.name)));
+        }
+    }
+}

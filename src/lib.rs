@@ -6,6 +6,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod echo;
 pub mod net;
 pub mod signal;
 pub mod ws;

@@ -128,7 +128,8 @@ impl Conn {
 
             // Fast path: the whole frame is here and needs no assembly. Unmask in place and
             // hand out a slice of the caller's buffer.
-            let whole_message = frame.opcode.is_control() || (frame.fin && frame.opcode != OpCode::Continuation);
+            let whole_message =
+                frame.opcode.is_control() || (frame.fin && frame.opcode != OpCode::Continuation);
             if whole_message && frame.seen == 0 && frame.remaining <= available as u64 {
                 let end = pos + frame.remaining as usize;
                 self.frame = None;
@@ -161,7 +162,10 @@ impl Conn {
             let chunk = &mut input[pos..pos + take];
             unmask(chunk, frame.mask, frame.seen);
             pos += take;
-            if !frame.opcode.is_control() && self.message == Some(OpCode::Text) && self.utf8.feed(chunk).is_err() {
+            if !frame.opcode.is_control()
+                && self.message == Some(OpCode::Text)
+                && self.utf8.feed(chunk).is_err()
+            {
                 return Err(self.fail(ProtocolError::InvalidUtf8, out));
             }
             self.buf.extend_from_slice(chunk);
@@ -205,7 +209,11 @@ impl Conn {
     /// Completes the next frame header from `head` and `input`, applies the message-level
     /// rules to it, and makes it the frame in progress. `None`: all input is consumed and
     /// the header is still incomplete.
-    fn read_header(&mut self, input: &[u8], pos: &mut usize) -> Result<Option<InFrame>, ProtocolError> {
+    fn read_header(
+        &mut self,
+        input: &[u8],
+        pos: &mut usize,
+    ) -> Result<Option<InFrame>, ProtocolError> {
         let rest = &input[*pos..];
         let (header, used) = if self.head_len == 0 {
             match FrameHeader::parse(rest, self.role)? {
@@ -262,7 +270,9 @@ impl Conn {
                 self.buf.len()
             }
         };
-        if !header.opcode.is_control() && header.payload_len > self.max_message.saturating_sub(so_far) as u64 {
+        if !header.opcode.is_control()
+            && header.payload_len > self.max_message.saturating_sub(so_far) as u64
+        {
             return Err(ProtocolError::MessageTooBig);
         }
         Ok(InFrame {

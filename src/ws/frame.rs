@@ -285,7 +285,13 @@ impl FrameHeader {
 
 /// Appends one complete frame to `out`, masking the payload copy when `mask` is given
 /// (client role); the caller's payload is left untouched.
-pub fn write_frame(out: &mut Vec<u8>, fin: bool, opcode: OpCode, payload: &[u8], mask: Option<[u8; 4]>) {
+pub fn write_frame(
+    out: &mut Vec<u8>,
+    fin: bool,
+    opcode: OpCode,
+    payload: &[u8],
+    mask: Option<[u8; 4]>,
+) {
     let header = FrameHeader {
         fin,
         opcode,
@@ -327,7 +333,9 @@ mod tests {
     /// §5.7: "A single-frame masked text message" `0x81 0x85 0x37 0xfa 0x21 0x3d ...`.
     #[test]
     fn rfc_example_single_frame_masked_text() {
-        let (header, used) = parse(&[0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f]).unwrap().unwrap();
+        let (header, used) = parse(&[0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f])
+            .unwrap()
+            .unwrap();
         assert_eq!(used, 6);
         assert_eq!(
             header,
@@ -356,7 +364,9 @@ mod tests {
     fn lengths_7_16_and_64_bit() {
         let (h, used) = parse(&[0x82, 0x80 | 125, 0, 0, 0, 0]).unwrap().unwrap();
         assert_eq!((h.payload_len, used), (125, 6));
-        let (h, used) = parse(&[0x82, 0x80 | 126, 0x01, 0x00, 0, 0, 0, 0]).unwrap().unwrap();
+        let (h, used) = parse(&[0x82, 0x80 | 126, 0x01, 0x00, 0, 0, 0, 0])
+            .unwrap()
+            .unwrap();
         assert_eq!((h.payload_len, used), (256, 8));
         let (h, used) = parse(&[0x82, 0x80 | 127, 0, 0, 0, 1, 0, 0, 0, 0, 9, 9, 9, 9])
             .unwrap()
@@ -397,7 +407,10 @@ mod tests {
     #[test]
     fn reserved_opcodes_are_rejected() {
         for op in (0x3..=0x7).chain(0xB..=0xF) {
-            assert_eq!(parse(&[0x80 | op, 0x80]), Err(ProtocolError::ReservedOpcode(op)));
+            assert_eq!(
+                parse(&[0x80 | op, 0x80]),
+                Err(ProtocolError::ReservedOpcode(op))
+            );
         }
     }
 
@@ -415,7 +428,9 @@ mod tests {
             FrameHeader::parse(&[0x81, 0x85, 1, 2, 3, 4], Role::Client),
             Err(ProtocolError::MaskedFrame)
         );
-        assert!(FrameHeader::parse(&[0x81, 0x05], Role::Client).unwrap().is_some());
+        assert!(FrameHeader::parse(&[0x81, 0x05], Role::Client)
+            .unwrap()
+            .is_some());
     }
 
     /// §5.5: "All control frames MUST have a payload length of 125 bytes or less and MUST
@@ -423,7 +438,10 @@ mod tests {
     #[test]
     fn control_frames_are_short_and_unfragmented() {
         assert_eq!(parse(&[0x09, 0x80]), Err(ProtocolError::FragmentedControl));
-        assert_eq!(parse(&[0x89, 0x80 | 126, 0, 126]), Err(ProtocolError::ControlTooLong));
+        assert_eq!(
+            parse(&[0x89, 0x80 | 126, 0, 126]),
+            Err(ProtocolError::ControlTooLong)
+        );
         assert!(parse(&[0x89, 0x80 | 125, 1, 2, 3, 4]).unwrap().is_some());
     }
 
@@ -439,8 +457,15 @@ mod tests {
                 };
                 let mut buf = [0u8; MAX_HEADER_LEN];
                 let used = header.encode(&mut buf);
-                let role = if mask.is_some() { Role::Server } else { Role::Client };
-                assert_eq!(FrameHeader::parse(&buf[..used], role), Ok(Some((header, used))));
+                let role = if mask.is_some() {
+                    Role::Server
+                } else {
+                    Role::Client
+                };
+                assert_eq!(
+                    FrameHeader::parse(&buf[..used], role),
+                    Ok(Some((header, used)))
+                );
             }
         }
     }
@@ -448,10 +473,14 @@ mod tests {
     /// §7.4.1/§7.4.2: which close codes may be sent.
     #[test]
     fn close_codes_valid_on_the_wire() {
-        for ok in [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999] {
+        for ok in [
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999,
+        ] {
             assert!(close_code::is_valid_on_wire(ok), "{ok}");
         }
-        for bad in [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
+        for bad in [
+            0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ] {
             assert!(!close_code::is_valid_on_wire(bad), "{bad}");
         }
     }

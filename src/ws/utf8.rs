@@ -107,7 +107,11 @@ mod tests {
             b"ok\xe0\x80\x80",
         ] {
             for cut in 0..=bad.len() {
-                assert_eq!(feed_split(bad, cut), Err(InvalidUtf8), "{bad:?} cut at {cut}");
+                assert_eq!(
+                    feed_split(bad, cut),
+                    Err(InvalidUtf8),
+                    "{bad:?} cut at {cut}"
+                );
             }
         }
     }

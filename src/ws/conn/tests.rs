@@ -107,7 +107,11 @@ fn control_frames_interleaved_inside_a_fragmented_message() {
     input.extend(client_frame(true, 0x0, b"ef"));
     let (ev, out) = events(&input);
     assert_eq!(ev, vec![Owned::Binary(b"abcdef".to_vec())]);
-    assert_eq!(out, [&[0x8A, 5][..], b"ping!"].concat(), "the pong, unmasked");
+    assert_eq!(
+        out,
+        [&[0x8A, 5][..], b"ping!"].concat(),
+        "the pong, unmasked"
+    );
 }
 
 /// §5.5.2: "the Pong frame MUST have identical 'Application data' as found in the
@@ -125,7 +129,10 @@ fn ping_is_answered_with_identical_pong() {
 #[test]
 fn continuation_without_a_start_is_1002() {
     let (ev, out) = events(&client_frame(true, 0x0, b"x"));
-    assert_eq!(ev, vec![Owned::Error(ProtocolError::UnexpectedContinuation)]);
+    assert_eq!(
+        ev,
+        vec![Owned::Error(ProtocolError::UnexpectedContinuation)]
+    );
     assert_eq!(out[..4], [0x88, out[1], 0x03, 0xEA]);
 }
 
@@ -135,7 +142,10 @@ fn continuation_without_a_start_is_1002() {
 fn new_data_frame_inside_a_fragmented_message_is_1002() {
     let mut input = client_frame(false, 0x1, b"a");
     input.extend(client_frame(true, 0x1, b"b"));
-    assert_eq!(events(&input).0, vec![Owned::Error(ProtocolError::ExpectedContinuation)]);
+    assert_eq!(
+        events(&input).0,
+        vec![Owned::Error(ProtocolError::ExpectedContinuation)]
+    );
 }
 
 /// §5.6/§8.1: text that is not UTF-8 fails the connection with 1007.
@@ -166,7 +176,10 @@ fn invalid_utf8_fails_inside_a_frame_before_its_end() {
     let mut conn = server();
     let mut out = Vec::new();
     let mut partial = frame[..header + 3].to_vec();
-    assert_eq!(conn.read(&mut partial, &mut out), Err(ProtocolError::InvalidUtf8));
+    assert_eq!(
+        conn.read(&mut partial, &mut out),
+        Err(ProtocolError::InvalidUtf8)
+    );
 }
 
 /// A UTF-8 character split across fragments is valid.
@@ -184,7 +197,10 @@ fn utf8_character_split_across_fragments_is_valid() {
 fn text_ending_inside_a_utf8_sequence_is_1007() {
     let mut input = client_frame(false, 0x1, b"a\xe2");
     input.extend(client_frame(true, 0x0, b"\x82"));
-    assert_eq!(events(&input).0, vec![Owned::Error(ProtocolError::InvalidUtf8)]);
+    assert_eq!(
+        events(&input).0,
+        vec![Owned::Error(ProtocolError::InvalidUtf8)]
+    );
 }
 
 /// §10.4: the size limit is checked from the header, before buffering the payload.
@@ -194,7 +210,10 @@ fn message_over_the_limit_is_1009_from_the_header_alone() {
     let mut out = Vec::new();
     let frame = client_frame(true, 0x2, &[0; 101]);
     let mut header_only = frame[..8].to_vec();
-    assert_eq!(conn.read(&mut header_only, &mut out), Err(ProtocolError::MessageTooBig));
+    assert_eq!(
+        conn.read(&mut header_only, &mut out),
+        Err(ProtocolError::MessageTooBig)
+    );
     assert_eq!(out[2..4], 1009u16.to_be_bytes());
 }
 
@@ -243,7 +262,10 @@ fn close_with_one_byte_body_is_1002() {
 fn close_with_reserved_code_is_1002() {
     for code in [0u16, 999, 1005, 1006, 1015, 2000, 5000] {
         let (ev, _) = events(&client_frame(true, 0x8, &code.to_be_bytes()));
-        assert_eq!(ev, vec![Owned::Error(ProtocolError::InvalidCloseCode(code))]);
+        assert_eq!(
+            ev,
+            vec![Owned::Error(ProtocolError::InvalidCloseCode(code))]
+        );
     }
 }
 
@@ -273,7 +295,10 @@ fn server_initiated_close_waits_for_the_peer_close() {
     let mut conn = server();
     let mut out = Vec::new();
     assert!(conn.close(1001, "going away", &mut out));
-    assert!(!conn.close(1001, "again", &mut out), "only one close is sent");
+    assert!(
+        !conn.close(1001, "again", &mut out),
+        "only one close is sent"
+    );
     assert_eq!(conn.state(), State::CloseSent);
     let sent = out.len();
     let mut input = client_frame(true, 0x1, b"in flight");
@@ -292,7 +317,9 @@ fn many_messages_in_one_read_come_out_in_order() {
         input.extend(client_frame(true, 0x2, &vec![i; usize::from(i) * 7]));
     }
     let (ev, _) = events(&input);
-    let expected: Vec<_> = (0..50u8).map(|i| Owned::Binary(vec![i; usize::from(i) * 7])).collect();
+    let expected: Vec<_> = (0..50u8)
+        .map(|i| Owned::Binary(vec![i; usize::from(i) * 7]))
+        .collect();
     assert_eq!(ev, expected);
 }
 
@@ -327,6 +354,9 @@ fn client_frames_round_trip_through_a_server() {
     let ev = run(&mut server(), &wire, 5, &mut Vec::new());
     assert_eq!(
         ev,
-        vec![Owned::Text(b"over the wire".to_vec()), Owned::Binary(vec![0xAB; 300])]
+        vec![
+            Owned::Text(b"over the wire".to_vec()),
+            Owned::Binary(vec![0xAB; 300])
+        ]
     );
 }

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The whole test suite, in one command. What CI runs (.ci/run execs this).
+#
+#   ./scripts/test.sh
+#
+# Works on a fresh Debian machine with only the Rust toolchain: whatever else it needs
+# (rustfmt and clippy components, cargo-fuzz, Python's venv for the Autobahn runner) it
+# installs on first use. Takes well under 20 minutes on 2 cores.
+#
+# Environment:
+#   FUZZ_SECONDS   seconds per fuzz target (default 20)
+#   (scripts/autobahn.sh documents its own AUTOBAHN_* variables)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+started=$SECONDS
+passed=0
+current=""
+
+section() {
+    current=$1
+    printf '\n==== %s\n' "$1"
+}
+done_section() {
+    passed=$((passed + 1))
+    printf '==== %s: ok (%ds elapsed)\n' "$current" "$((SECONDS - started))"
+}
+on_exit() {
+    local status=$?
+    if [ "$status" -ne 0 ]; then
+        printf '\n==== FAILED in: %s (exit status %d)\n' "$current" "$status"
+        echo "suites: $passed passed, 1 failed"
+    fi
+}
+trap on_exit EXIT
+
+section "toolchain"
+cargo --version
+rustc --version
+if ! cargo fmt --version >/dev/null 2>&1; then
+    rustup component add rustfmt
+fi
+if ! cargo clippy --version >/dev/null 2>&1; then
+    rustup component add clippy
+fi
+done_section
+
+section "format (cargo fmt --check)"
+cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml --all -- --check
+done_section
+
+section "lint (cargo clippy --all-targets -D warnings)"
+cargo clippy --all-targets -- -D warnings
+done_section
+
+section "unit and integration tests (cargo test)"
+# --all-targets builds and runs lib, bins, tests/, examples and benches (a harness=false
+# bench run by `cargo test` gets no --bench flag and should only smoke-test itself), but
+# skips doctests: those run separately.
+cargo test --doc
+cargo test --all-targets
+done_section
+
+section "Autobahn conformance, cases 1-10 strict (scripts/autobahn.sh)"
+scripts/autobahn.sh
+done_section
+
+section "benches compile (cargo bench --no-run)"
+cargo bench --no-run
+done_section
+
+# ---- Later issues: the node client tests and the Chromium end-to-end tests go here, each
+# ---- as its own section (install node/npm packages or Debian's chromium on first use).
+
+section "fuzz every target for ${FUZZ_SECONDS:-20}s (scripts/fuzz.sh)"
+scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
+done_section
+
+current="all"
+printf '\n==== all suites passed in %ds\n' "$((SECONDS - started))"
+echo "suites: $passed passed, 0 failed"

@@ -1,0 +1,48 @@
+//! courier-bench: courier's load generator. A mio client that speaks WebSocket through the
+//! crate's own sans-IO codec (`courier::ws`), one poll loop per thread.
+//!
+//! Modes are subcommands, one module each; `client` (connecting, handshaking, writing)
+//! and `stats` (histogram, progress, output) are shared by all of them.
+
+mod args;
+mod client;
+mod echo;
+mod stats;
+
+const USAGE: &str = "usage: courier-bench MODE [FLAGS]
+
+modes:
+  echo      C connections x S-byte messages, D in flight each, against an echo server:
+            msg/s, MB/s, round-trip p50/p99/p99.9/max
+  connect   (not built yet) connection storms: handshake latency, server memory per connection
+  im        (not built yet) IM users, 1:1 traffic, durable msg/s, exactly-once check
+  fanout    (not built yet) group fan-out deliveries/s
+
+courier-bench MODE --help lists a mode's flags with their defaults.
+Exit status: 0 ok, 1 the run failed (cannot connect, handshake rejected, fd limit, a wrong
+or missing echo, a lost connection), 2 bad command line.
+";
+
+fn main() {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let code = match argv.first().map(String::as_str) {
+        Some("echo") => echo::main(&argv[1..]),
+        Some(mode @ ("connect" | "im" | "fanout")) => {
+            eprintln!("courier-bench: mode {mode:?} is not built yet");
+            2
+        }
+        Some("-h" | "--help" | "help") => {
+            print!("{USAGE}");
+            0
+        }
+        Some(other) => {
+            eprintln!("courier-bench: unknown mode {other:?}\n\n{USAGE}");
+            2
+        }
+        None => {
+            eprint!("{USAGE}");
+            2
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,45 @@
+//! `courier echo`: the benchmark target. Every data message goes back with its opcode; no
+//! auth, no storage. It exists to measure the WebSocket stack and the reactor alone.
+
+use std::net::SocketAddr;
+
+use crate::net::{Admission, ConnId, Service};
+use crate::ws::frame::{self, OpCode};
+use crate::ws::handshake::{self, Request, Upgrade};
+
+pub struct Echo;
+
+impl Service for Echo {
+    fn http(&mut self, request: &Request<'_>, _peer: SocketAddr, out: &mut Vec<u8>) {
+        let (status, reason, body): (u16, &str, &[u8]) = match request.path() {
+            "/healthz" => (200, "OK", b"ok\n"),
+            _ => (
+                404,
+                "Not Found",
+                b"courier echo: connect with a WebSocket client\n",
+            ),
+        };
+        handshake::write_response(out, status, reason, "text/plain; charset=utf-8", &[], body);
+    }
+
+    fn upgrade(
+        &mut self,
+        _: &Request<'_>,
+        _: &Upgrade<'_>,
+        _: SocketAddr,
+        _: &mut Vec<u8>,
+    ) -> Admission {
+        Admission::Accept { protocol: None }
+    }
+
+    fn message(
+        &mut self,
+        _: ConnId,
+        opcode: OpCode,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Option<(u16, &'static str)> {
+        frame::write_frame(out, true, opcode, payload, None);
+        None
+    }
+}
