@@ -6,13 +6,16 @@
 # Builds courier (release) and the comparison peer (benches/echo_peer.rs: tokio-tungstenite
 # on a current_thread runtime), starts both pinned to SERVER_CORE, then runs the same load
 # client, `courier-bench echo`, pinned to CLIENT_CORE against each, for each row below.
-# Prints msg/s for both and the ratio courier/peer. A figure-printing harness, not a test.
+# Each row runs ROUNDS times, courier and peer alternating, so a drift of the machine
+# (these vary by ±20% from minute to minute) hits both alike. Prints the best and the
+# median msg/s of each and the ratio of the medians. A figure-printing harness, not a test.
 #
 # Environment:
 #   SERVER_CORE    core for both servers (default 0)
 #   CLIENT_CORE    core for the load client (default 1)
 #   BENCH_SECONDS  measured seconds per run (default 10)
 #   BENCH_DEPTH    messages in flight per connection (default 1)
+#   BENCH_ROUNDS   runs of each server per row (default 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +23,7 @@ server_core=${SERVER_CORE:-0}
 client_core=${CLIENT_CORE:-1}
 seconds=${BENCH_SECONDS:-10}
 depth=${BENCH_DEPTH:-1}
+rounds=${BENCH_ROUNDS:-3}
 target_dir=${CARGO_TARGET_DIR:-target}
 
 # Rows: connections, message size in bytes, and the ratio courier/peer the issue asks for.
@@ -102,52 +106,59 @@ courier_addr=$listen_addr
 start peer "$peer" --listen 127.0.0.1:0
 peer_addr=$listen_addr
 
-# ======================================================================================
-# LOAD CLIENT. `courier-bench echo` (src/bin/courier-bench.rs, a later issue) drives C
-# connections, each keeping D messages of S bytes in flight, for T seconds, and prints a
-# line containing `<N> msg/s` (echoed messages per second); the last such line is taken.
-# ======================================================================================
-if [ ! -x "$bench_client" ]; then
-    log "$bench_client does not exist yet (the load client comes in a later issue);"
-    log "both servers started and listened, nothing measured"
-    exit 0
-fi
-
-# measure ADDR CONNECTIONS SIZE: prints msg/s of one run.
+# measure ADDR CONNECTIONS SIZE: prints msg/s of one run (from `courier-bench --json`; its
+# progress lines go to stderr, the JSON summary is the one line on stdout).
 measure() {
     local addr=$1 conns=$2 size=$3 output rate
     output=$(taskset -c "$client_core" "$bench_client" echo --url "ws://$addr/" \
-        --connections "$conns" --size "$size" --depth "$depth" --seconds "$seconds")
-    rate=$(grep -oE '[0-9]+(\.[0-9]+)? msg/s' <<<"$output" | tail -n 1 | cut -d' ' -f1)
+        --connections "$conns" --size "$size" --depth "$depth" --seconds "$seconds" --json)
+    rate=$(grep -oE '"msgs_per_sec":[0-9.]+' <<<"$output" | tail -n 1 | cut -d: -f2)
     if [ -z "$rate" ]; then
-        log "no '<N> msg/s' in courier-bench output:"
+        log "no msgs_per_sec in courier-bench output:"
         echo "$output" >&2
         exit 1
     fi
     echo "$rate"
 }
 
+# best_and_median RATE...: prints "best median" of the rates.
+best_and_median() {
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+        m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+        print v[NR], m
+    }'
+}
+
 results=()
 for row in "${rows[@]}"; do
     read -r conns size want <<<"$row"
-    log "row ${conns} x ${size} B: courier..."
-    courier_rate=$(measure "$courier_addr" "$conns" "$size")
-    log "row ${conns} x ${size} B: peer..."
-    peer_rate=$(measure "$peer_addr" "$conns" "$size")
-    results+=("$conns $size $courier_rate $peer_rate $want")
+    courier_rates=()
+    peer_rates=()
+    for round in $(seq "$rounds"); do
+        log "row ${conns} x ${size} B, round $round/$rounds: courier..."
+        courier_rates+=("$(measure "$courier_addr" "$conns" "$size")")
+        log "row ${conns} x ${size} B, round $round/$rounds: peer..."
+        peer_rates+=("$(measure "$peer_addr" "$conns" "$size")")
+    done
+    log "row ${conns} x ${size} B: courier ${courier_rates[*]}; peer ${peer_rates[*]}"
+    results+=("$conns $size $(best_and_median "${courier_rates[@]}") $(best_and_median "${peer_rates[@]}") $want")
 done
 
 echo
-echo "echo throughput, ${seconds}s per run, depth $depth, servers on core $server_core, client on core $client_core"
-printf '%-16s %14s %14s %8s %8s\n' "connections x B" "courier msg/s" "peer msg/s" "ratio" "target"
+echo "echo throughput: ${seconds}s per run, $rounds rounds alternating, depth $depth," \
+    "servers on core $server_core, client on core $client_core"
+printf '%-16s %12s %12s %12s %12s %8s %8s\n' "connections x B" "courier best" "courier med" \
+    "peer best" "peer med" "ratio" "target"
 for r in "${results[@]}"; do
-    read -r conns size courier_rate peer_rate want <<<"$r"
-    awk -v c="$conns" -v s="$size" -v a="$courier_rate" -v b="$peer_rate" -v w="$want" 'BEGIN {
-        ratio = (b > 0) ? a / b : 0
-        printf "%-16s %14.0f %14.0f %7.2fx %7s %s\n", c " x " s, a, b, ratio, ">=" w "x",
-            (ratio >= w) ? "met" : "MISSED"
+    read -r conns size c_best c_med p_best p_med want <<<"$r"
+    awk -v c="$conns" -v s="$size" -v cb="$c_best" -v cm="$c_med" -v pb="$p_best" \
+        -v pm="$p_med" -v w="$want" 'BEGIN {
+        ratio = (pm > 0) ? cm / pm : 0
+        printf "%-16s %12.0f %12.0f %12.0f %12.0f %7.2fx %7s %s\n", c " x " s, cb, cm, pb, pm,
+            ratio, ">=" w "x", (ratio >= w) ? "met" : "MISSED"
     }'
 done
+echo "(msg/s; ratio = courier median / peer median)"
 
 for pid in "${pids[@]}"; do
     if ! alive "$pid"; then

@@ -218,7 +218,10 @@ impl<S: Service> Reactor<S> {
     fn admit(&mut self, mut socket: TcpStream, peer: SocketAddr) {
         if self.conns.len() >= self.config.max_connections {
             // Refuse with an answer rather than silence, so a client can tell "full" from
-            // "down". Best effort: the socket is fresh, so the small write fits.
+            // "down". Best effort: the socket is fresh, so the small write fits. The request
+            // already here is read away first: closing a socket with unread input sends RST,
+            // which can destroy the answer before the client reads it.
+            let _ = socket.read(&mut self.read_buf);
             let mut out = Vec::new();
             handshake::write_response(
                 &mut out,
@@ -229,6 +232,7 @@ impl<S: Service> Reactor<S> {
                 b"connection limit reached\n",
             );
             let _ = socket.write(&out);
+            let _ = socket.shutdown(Shutdown::Write);
             return;
         }
         // Echo and chat traffic is small messages answered at once: Nagle would hold each
