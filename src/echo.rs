@@ -3,8 +3,8 @@
 
 use std::net::SocketAddr;
 
-use crate::net::{Admission, ConnId, Service};
-use crate::ws::frame::{self, OpCode};
+use crate::net::{Admission, ConnId, Out, Service};
+use crate::ws::frame::OpCode;
 use crate::ws::handshake::{self, Request, Upgrade};
 
 pub struct Echo;
@@ -24,6 +24,7 @@ impl Service for Echo {
 
     fn upgrade(
         &mut self,
+        _: ConnId,
         _: &Request<'_>,
         _: &Upgrade<'_>,
         _: SocketAddr,
@@ -32,14 +33,7 @@ impl Service for Echo {
         Admission::Accept { protocol: None }
     }
 
-    fn message(
-        &mut self,
-        _: ConnId,
-        opcode: OpCode,
-        payload: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Option<(u16, &'static str)> {
-        frame::write_frame(out, true, opcode, payload, None);
-        None
+    fn message(&mut self, conn: ConnId, opcode: OpCode, payload: &[u8], out: &mut Out<'_>) {
+        out.send(conn, opcode, payload);
     }
 }

@@ -70,7 +70,7 @@ fn echo(args: &[String]) -> Result<(), String> {
         .map_err(|e| format!("reading the open-file limit: {e}"))?;
     let config = NetConfig::from_values(&values, open_files)?;
     let listen = config.listen;
-    courier::net::run(config, courier::echo::Echo, |addr| {
+    courier::net::run(config, |_| Ok(courier::echo::Echo), |addr| {
         let mut stdout = std::io::stdout().lock();
         let _ = writeln!(stdout, "listening on {addr}");
         let _ = stdout.flush();

@@ -41,6 +41,8 @@ pub(super) struct Connection {
     /// Reading stopped before the socket was drained (output over the soft cap); the
     /// edge-triggered readiness is spent, so reading must be resumed by hand.
     pub read_blocked: bool,
+    /// Listed in the reactor's dirty list: output was queued by another connection's event.
+    pub dirty: bool,
 }
 
 impl Connection {
@@ -57,6 +59,7 @@ impl Connection {
             last_read: now,
             wants_write: false,
             read_blocked: false,
+            dirty: false,
         }
     }
 

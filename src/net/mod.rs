@@ -9,9 +9,11 @@
 //! an idle connection owns no buffer at all.
 
 mod connection;
+mod out;
 mod reactor;
 
-pub use reactor::{run, ConnId};
+pub use out::Out;
+pub use reactor::{run, ConnId, Waker};
 
 use std::io;
 use std::net::SocketAddr;
@@ -27,33 +29,48 @@ pub enum Admission {
     Refuse,
 }
 
-/// The application on top of the reactor. Everything it writes to `out` goes to the
-/// connection the call is about, after whatever the reactor already queued there.
+/// The application on top of the reactor. Every call runs on the reactor thread and must
+/// not block. Output goes through [`Out`], to the connection at hand or to any other.
 pub trait Service {
     /// A request that is not a WebSocket upgrade: write a complete HTTP response.
     fn http(&mut self, request: &Request<'_>, peer: SocketAddr, out: &mut Vec<u8>);
 
-    /// An upgrade request that passed RFC 6455 §4.2.1 validation.
+    /// An upgrade request that passed RFC 6455 §4.2.1 validation, for connection `conn`.
+    /// A refusal writes its HTTP response to `response`.
     fn upgrade(
         &mut self,
+        conn: ConnId,
         request: &Request<'_>,
         upgrade: &Upgrade<'_>,
         peer: SocketAddr,
-        out: &mut Vec<u8>,
+        response: &mut Vec<u8>,
     ) -> Admission;
 
-    /// A complete data message. Returning a close code starts the closing handshake
-    /// with it (after anything written to `out`).
-    fn message(
-        &mut self,
-        conn: ConnId,
-        opcode: OpCode,
-        payload: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Option<(u16, &'static str)>;
+    /// The `101` for `conn` is written; anything sent now follows it.
+    fn opened(&mut self, _conn: ConnId, _out: &mut Out<'_>) {}
+
+    /// A complete data message on `conn`.
+    fn message(&mut self, conn: ConnId, opcode: OpCode, payload: &[u8], out: &mut Out<'_>);
 
     /// A connection that was upgraded is gone, for whatever reason.
     fn closed(&mut self, _conn: ConnId) {}
+
+    /// The service's [`Waker`] was woken (another thread has results for it).
+    fn woken(&mut self, _out: &mut Out<'_>) {}
+
+    /// When the service next wants [`Service::on_time`] called (reactor clock, ms).
+    fn next_deadline(&self) -> Option<u64> {
+        None
+    }
+
+    /// Called once a wake-up at or after the deadline it last gave.
+    fn on_time(&mut self, _out: &mut Out<'_>) {}
+
+    /// Shutdown began: no new connections, every connection is being closed with 1001.
+    /// The reactor exits once every connection is gone and this returns true.
+    fn drained(&mut self) -> bool {
+        true
+    }
 }
 
 /// Raises the soft open-file limit to the hard one (each connection is a descriptor; the

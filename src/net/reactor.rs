@@ -2,6 +2,7 @@
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mio::net::{TcpListener, TcpStream};
@@ -9,7 +10,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use super::connection::{Connection, Phase};
-use super::{Admission, Service};
+use super::{Admission, Out, Service};
 use crate::clock::Clock;
 use crate::config::NetConfig;
 use crate::signal::Signals;
@@ -26,8 +27,8 @@ compile_error!("courier packs a slab index and a generation into a mio Token (us
 /// is recognised as stale instead of reaching the newcomer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConnId {
-    index: u32,
-    generation: u32,
+    pub(super) index: u32,
+    pub(super) generation: u32,
 }
 
 impl ConnId {
@@ -45,6 +46,7 @@ impl ConnId {
 
 const LISTENER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
 /// The wheel key of the accept-retry timer (no connection id has an all-ones index: the
 /// slab never grows to 2^32 entries).
 const ACCEPT_RETRY: u64 = u64::MAX;
@@ -63,14 +65,27 @@ const SCRATCH_KEEP: usize = 256 * 1024;
 const BACKLOG: i32 = 4096;
 const EVENTS_PER_POLL: usize = 1024;
 
+/// Wakes the reactor from another thread; the reactor then calls [`Service::woken`].
+#[derive(Clone)]
+pub struct Waker(Arc<mio::Waker>);
+
+impl Waker {
+    pub fn wake(&self) {
+        // Fails only if the eventfd counter would overflow, which means a wake-up is
+        // already pending: nothing is lost.
+        let _ = self.0.wake();
+    }
+}
+
 /// Runs the reactor until SIGTERM/SIGINT and a graceful close of every connection.
-/// `on_listening` is called with the bound address once connections are accepted.
+/// `make_service` gets the waker its threads use to hand results back; `on_listening` is
+/// called with the bound address once connections are accepted.
 pub fn run<S: Service>(
     config: NetConfig,
-    service: S,
+    make_service: impl FnOnce(Waker) -> io::Result<S>,
     on_listening: impl FnOnce(SocketAddr),
 ) -> io::Result<()> {
-    let mut reactor = Reactor::new(config, service)?;
+    let mut reactor = Reactor::new(config, make_service)?;
     on_listening(reactor.listener.as_ref().expect("listener").local_addr()?);
     reactor.run()
 }
@@ -90,6 +105,10 @@ struct Reactor<S> {
     read_buf: Box<[u8]>,
     /// Everything produced for the connection being handled, written once per wake-up.
     scratch: Vec<u8>,
+    /// Connections the service queued output for; written at the end of the wake-up.
+    dirty: Vec<ConnId>,
+    /// Closes the service asked for during its last call.
+    closes: Vec<(ConnId, u16, &'static str)>,
     config: NetConfig,
     service: S,
 }
@@ -103,7 +122,10 @@ enum Flow {
 }
 
 impl<S: Service> Reactor<S> {
-    fn new(config: NetConfig, service: S) -> io::Result<Reactor<S>> {
+    fn new(
+        config: NetConfig,
+        make_service: impl FnOnce(Waker) -> io::Result<S>,
+    ) -> io::Result<Reactor<S>> {
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(config.listen)?;
         raise_backlog(&listener);
@@ -112,6 +134,8 @@ impl<S: Service> Reactor<S> {
         let mut signals = Signals::install()?;
         poll.registry()
             .register(signals.source(), SIGNALS, Interest::READABLE)?;
+        let waker = Waker(Arc::new(mio::Waker::new(poll.registry(), WAKER)?));
+        let service = make_service(waker)?;
         let clock = Clock::start();
         Ok(Reactor {
             poll,
@@ -126,6 +150,8 @@ impl<S: Service> Reactor<S> {
             now: 0,
             read_buf: vec![0u8; READ_BUF].into_boxed_slice(),
             scratch: Vec::with_capacity(READ_BUF),
+            dirty: Vec::new(),
+            closes: Vec::new(),
             config,
             service,
         })
@@ -134,12 +160,15 @@ impl<S: Service> Reactor<S> {
     fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
         loop {
-            if self.shutting_down && self.conns.is_empty() {
+            if self.shutting_down && self.conns.is_empty() && self.service.drained() {
                 return Ok(());
             }
-            let timeout = self.wheel.next_deadline().map(|deadline| {
-                Duration::from_millis(deadline.saturating_sub(self.clock.now_ms()))
-            });
+            let deadline = match (self.wheel.next_deadline(), self.service.next_deadline()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let timeout = deadline
+                .map(|deadline| Duration::from_millis(deadline.saturating_sub(self.clock.now_ms())));
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -154,6 +183,7 @@ impl<S: Service> Reactor<S> {
                             self.begin_shutdown();
                         }
                     }
+                    WAKER => self.with_service(None, |service, out| service.woken(out)),
                     token => {
                         let Some(id) = self.live(token.0 as u64) else {
                             continue;
@@ -171,6 +201,18 @@ impl<S: Service> Reactor<S> {
             while let Some((_, key)) = self.wheel.poll(self.now) {
                 self.on_timer(key);
             }
+            if self.service.next_deadline().is_some_and(|at| at <= self.now) {
+                self.with_service(None, |service, out| service.on_time(out));
+            }
+            // One write per connection per wake-up, however many messages it was sent.
+            let mut dirty = std::mem::take(&mut self.dirty);
+            for id in dirty.drain(..) {
+                if self.live(id.to_u64()).is_some() {
+                    self.conn(id).dirty = false;
+                    self.flush(id);
+                }
+            }
+            self.dirty = dirty;
             if self.scratch.capacity() > SCRATCH_KEEP {
                 self.scratch = Vec::with_capacity(READ_BUF);
             }
@@ -356,7 +398,7 @@ impl<S: Service> Reactor<S> {
                 return Flow::Continue;
             }
             Ok(Some((request, used))) => (
-                respond(&request, peer, service, scratch, config.max_message),
+                respond(id, &request, peer, service, scratch, config.max_message),
                 input[used..].to_vec(),
             ),
             Err(error) => {
@@ -371,6 +413,10 @@ impl<S: Service> Reactor<S> {
         }
         let deadline = self.now + self.config.idle_timeout_ms;
         self.arm(id, deadline);
+        self.with_service(Some(id), |service, out| service.opened(id, out));
+        if self.live(id.to_u64()).is_none() {
+            return Flow::Dropped;
+        }
         if pipelined.is_empty() {
             return Flow::Continue;
         }
@@ -382,21 +428,17 @@ impl<S: Service> Reactor<S> {
 
     /// Runs WebSocket input through the connection and the service.
     fn feed(&mut self, id: ConnId, input: &mut [u8]) -> Flow {
-        let Reactor {
-            conns,
-            scratch,
-            service,
-            ..
-        } = self;
-        let conn = &mut conns[id.index as usize];
-        let Phase::Upgraded(ws) = &mut conn.phase else {
-            return Flow::Continue;
+        // The WebSocket state is lent out of the slab while the service runs, so the
+        // service can reach every other connection through `Out` while a message that
+        // borrows this connection's assembly buffer is in hand.
+        let conn = &mut self.conns[id.index as usize];
+        let Phase::Upgraded(mut ws) = std::mem::replace(&mut conn.phase, lingering(true)) else {
+            unreachable!("feed is only called on an upgraded connection")
         };
         let mut pos = 0;
-        let mut close_with = None;
         let mut finished = false;
-        while pos < input.len() {
-            let (used, event) = match ws.read(&mut input[pos..], scratch) {
+        while pos < input.len() && !self.closes.iter().any(|&(conn, ..)| conn == id) {
+            let (used, event) = match ws.read(&mut input[pos..], &mut self.scratch) {
                 Ok(step) => step,
                 // The close frame that fails the connection is already in `scratch`.
                 Err(_) => {
@@ -414,28 +456,88 @@ impl<S: Service> Reactor<S> {
                 }
                 None => break,
             };
-            close_with = service.message(id, opcode, payload, scratch);
-            if close_with.is_some() {
-                break;
-            }
+            let Reactor {
+                conns,
+                scratch,
+                dirty,
+                closes,
+                service,
+                now,
+                ..
+            } = self;
+            let mut out = Out {
+                conns,
+                scratch,
+                current: Some(id),
+                dirty,
+                closes,
+                now: *now,
+            };
+            service.message(id, opcode, payload, &mut out);
         }
         if finished {
-            conn.phase = lingering(true);
+            self.apply_closes(Some(id));
             return self.start_linger(id);
         }
         ws.release_idle_memory();
-        if let Some((code, reason)) = close_with {
-            self.begin_close(id, code, reason);
-        }
+        self.conns[id.index as usize].phase = Phase::Upgraded(ws);
+        self.apply_closes(Some(id));
         Flow::Continue
     }
 
+    /// Calls the service with an [`Out`] on no connection in particular, then applies the
+    /// closes it asked for.
+    fn with_service(&mut self, current: Option<ConnId>, call: impl FnOnce(&mut S, &mut Out<'_>)) {
+        let Reactor {
+            conns,
+            scratch,
+            dirty,
+            closes,
+            service,
+            now,
+            ..
+        } = self;
+        let mut out = Out {
+            conns,
+            scratch,
+            current,
+            dirty,
+            closes,
+            now: *now,
+        };
+        call(service, &mut out);
+        self.apply_closes(current);
+    }
+
+    /// Starts the closes the service asked for. The close frame of `current` goes into the
+    /// shared buffer, after that connection's output of this wake-up; any other's into
+    /// its own queue.
+    fn apply_closes(&mut self, current: Option<ConnId>) {
+        let mut closes = std::mem::take(&mut self.closes);
+        for (id, code, reason) in closes.drain(..) {
+            if self.live(id.to_u64()).is_some() {
+                self.begin_close(id, code, reason, Some(id) == current);
+            }
+        }
+        self.closes = closes;
+    }
+
     /// Sends our close frame and waits (bounded) for the peer's.
-    fn begin_close(&mut self, id: ConnId, code: u16, reason: &'static str) {
-        let Phase::Upgraded(ws) = &mut self.conns[id.index as usize].phase else {
+    fn begin_close(&mut self, id: ConnId, code: u16, reason: &'static str, into_scratch: bool) {
+        let conn = &mut self.conns[id.index as usize];
+        let Phase::Upgraded(ws) = &mut conn.phase else {
             return;
         };
-        if ws.close(code, reason, &mut self.scratch) {
+        let out = if into_scratch {
+            &mut self.scratch
+        } else {
+            &mut conn.unsent
+        };
+        if ws.close(code, reason, out) {
+            if !into_scratch && !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(id);
+            }
             let deadline = self.now + self.config.close_timeout_ms;
             self.arm(id, deadline);
         }
@@ -548,7 +650,7 @@ impl<S: Service> Reactor<S> {
             Phase::Upgraded(ws) if ws.state() == WsState::Open => {
                 let idle_since = conn.last_read;
                 if now >= idle_since + idle_timeout {
-                    self.begin_close(id, close_code::GOING_AWAY, "idle timeout");
+                    self.begin_close(id, close_code::GOING_AWAY, "idle timeout", true);
                     self.flush(id);
                 } else {
                     // Activity since the timer was set: re-arm from the last read instead of
@@ -581,7 +683,7 @@ impl<S: Service> Reactor<S> {
             match self.conn(id).phase {
                 Phase::Handshake { .. } => self.drop_conn(id),
                 Phase::Upgraded(_) => {
-                    self.begin_close(id, close_code::GOING_AWAY, "server shutting down");
+                    self.begin_close(id, close_code::GOING_AWAY, "server shutting down", true);
                     self.flush(id);
                 }
                 Phase::Linger { .. } => {}
@@ -613,6 +715,7 @@ fn lingering(upgraded: bool) -> Phase {
 
 /// Answers a complete request head: upgrade, refusal or plain HTTP.
 fn respond<S: Service>(
+    id: ConnId,
     request: &handshake::Request<'_>,
     peer: SocketAddr,
     service: &mut S,
@@ -628,7 +731,7 @@ fn respond<S: Service>(
             handshake::write_rejection(out, error);
             lingering(false)
         }
-        Ok(upgrade) => match service.upgrade(request, &upgrade, peer, out) {
+        Ok(upgrade) => match service.upgrade(id, request, &upgrade, peer, out) {
             Admission::Accept { protocol } => {
                 handshake::write_accept(out, upgrade.key(), protocol);
                 Phase::Upgraded(WsConn::new(Role::Server, max_message))
