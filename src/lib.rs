@@ -7,6 +7,7 @@
 pub mod clock;
 pub mod config;
 pub mod echo;
+pub mod im;
 pub mod net;
 pub mod signal;
 pub mod ws;
