@@ -3,8 +3,10 @@
 //! and decoded by the crate's own `courier::ws::conn::Conn` in the client role; there is no
 //! second WebSocket stack here.
 
+use std::fmt;
 use std::io::{self, Read as _, Write as _};
-use std::net::{SocketAddr, ToSocketAddrs as _};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, ToSocketAddrs as _};
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -150,9 +152,49 @@ pub struct Client {
     pub handshake_time: Duration,
 }
 
+/// Why an opening handshake failed after the TCP connect succeeded.
+#[derive(Debug)]
+pub enum HandshakeError {
+    /// End of stream before the response head was complete.
+    Closed,
+    /// Writing the request or reading the response failed (reset, ...).
+    Io(io::Error),
+    /// A complete response head whose status is not 101; `status` is its code when the
+    /// status line has one.
+    Rejected { status: Option<u16>, line: String },
+    /// A 101 that is not a valid WebSocket accept, or no response head at all.
+    Invalid(String),
+}
+
+impl fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HandshakeError::Closed => {
+                f.write_str("the server closed the connection during the handshake")
+            }
+            HandshakeError::Io(e) => write!(f, "handshake: {e}"),
+            HandshakeError::Rejected { line, .. } => write!(f, "handshake rejected: {line:?}"),
+            HandshakeError::Invalid(why) => f.write_str(why),
+        }
+    }
+}
+
 impl Client {
-    fn connect(addr: SocketAddr, ws: Conn) -> io::Result<Client> {
-        let stream = TcpStream::connect(addr)?;
+    /// Starts a nonblocking connect to `addr`, from `source` when given (the kernel picks
+    /// the source address otherwise). The handshake clock starts before the socket exists,
+    /// so the connect syscall itself is part of the measured time.
+    pub fn connect(addr: SocketAddr, source: Option<Ipv4Addr>, ws: Conn) -> io::Result<Client> {
+        let started = Instant::now();
+        let stream = match (source, addr) {
+            (None, _) => TcpStream::connect(addr)?,
+            (Some(ip), SocketAddr::V4(v4)) => connect_from(ip, v4)?,
+            (Some(_), SocketAddr::V6(_)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "an IPv4 source address cannot reach an IPv6 target",
+                ))
+            }
+        };
         // Messages are small and latency is measured: no Nagle delay on either side.
         stream.set_nodelay(true)?;
         Ok(Client {
@@ -162,14 +204,19 @@ impl Client {
             written: 0,
             phase: Phase::Connecting,
             pending: Vec::new(),
-            started: Instant::now(),
+            started,
             handshake_time: Duration::ZERO,
         })
     }
 
+    /// When `connect` was called.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     /// Whether a nonblocking connect has completed (mio: check `take_error`, then
     /// `peer_addr`, which says NotConnected while the connect is still in progress).
-    fn finish_connect(&mut self) -> io::Result<bool> {
+    pub fn finish_connect(&mut self) -> io::Result<bool> {
         if let Some(e) = self.stream.take_error()? {
             return Err(e);
         }
@@ -202,15 +249,13 @@ impl Client {
     }
 
     /// Reads the handshake response. `Ok(true)` once the head is complete and valid.
-    fn read_handshake(&mut self, rbuf: &mut [u8]) -> Result<bool, String> {
+    pub fn read_handshake(&mut self, rbuf: &mut [u8]) -> Result<bool, HandshakeError> {
         loop {
             let n = match read(&mut self.stream, rbuf) {
-                Ok(Some(0)) => {
-                    return Err("the server closed the connection during the handshake".into())
-                }
+                Ok(Some(0)) => return Err(HandshakeError::Closed),
                 Ok(Some(n)) => n,
                 Ok(None) => return Ok(false),
-                Err(e) => return Err(format!("handshake: {e}")),
+                Err(e) => return Err(HandshakeError::Io(e)),
             };
             let search_from = self.pending.len().saturating_sub(3);
             self.pending.extend_from_slice(&rbuf[..n]);
@@ -223,9 +268,9 @@ impl Client {
                 return Ok(true);
             }
             if self.pending.len() > MAX_RESPONSE_HEAD {
-                return Err(format!(
+                return Err(HandshakeError::Invalid(format!(
                     "handshake: no end of the response head in {MAX_RESPONSE_HEAD} bytes"
-                ));
+                )));
             }
         }
     }
@@ -244,6 +289,82 @@ pub fn read(stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<Option<usize>>
     }
 }
 
+/// A nonblocking socket bound to `source` and connecting to `target`. The port is left to
+/// `connect` (IP_BIND_ADDRESS_NO_PORT): a plain `bind` to port 0 would have to pick a port
+/// free for every destination, which caps each source address at the ephemeral range
+/// minus whatever else holds ports; deferred, the kernel only needs the 4-tuple unique.
+fn connect_from(source: Ipv4Addr, target: SocketAddrV4) -> io::Result<TcpStream> {
+    // SAFETY: plain socket(2); the result is checked before it is wrapped.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nothing else owns; OwnedFd closes it on every
+    // error path below.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt reads an int we own, with its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let local = sockaddr_in(SocketAddrV4::new(source, 0));
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: bind reads a sockaddr_in we own, with its size.
+    if unsafe {
+        libc::bind(
+            sock.as_raw_fd(),
+            (&local as *const libc::sockaddr_in).cast(),
+            len,
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    let remote = sockaddr_in(target);
+    // SAFETY: connect reads a sockaddr_in we own, with its size.
+    let rc = unsafe {
+        libc::connect(
+            sock.as_raw_fd(),
+            (&remote as *const libc::sockaddr_in).cast(),
+            len,
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+    }
+    Ok(TcpStream::from_std(std::net::TcpStream::from(sock)))
+}
+
+fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            // Network byte order is the octets in order.
+            s_addr: u32::from_ne_bytes(addr.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
@@ -251,13 +372,17 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// Checks a complete response head: status 101 (§4.1: "If the status code received from
 /// the server is not 101, the client handles the response per HTTP procedures"; for a load
 /// generator that means failing with the status line), then the headers §4.1 requires.
-fn check_response(head: &[u8]) -> Result<(), String> {
+fn check_response(head: &[u8]) -> Result<(), HandshakeError> {
     let text = String::from_utf8_lossy(head);
     let mut lines = text.split("\r\n");
     let status = lines.next().unwrap_or("");
     if !status.starts_with("HTTP/1.1 101") {
-        return Err(format!("handshake rejected: {status:?}"));
+        return Err(HandshakeError::Rejected {
+            status: status_code(status),
+            line: status.to_owned(),
+        });
     }
+    let invalid = |why: &str| Err(HandshakeError::Invalid(why.to_owned()));
     let (mut upgrade, mut connection, mut accept) = (false, false, None);
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
@@ -275,18 +400,27 @@ fn check_response(head: &[u8]) -> Result<(), String> {
         }
     }
     if !upgrade {
-        return Err("handshake: 101 without \"Upgrade: websocket\"".into());
+        return invalid("handshake: 101 without \"Upgrade: websocket\"");
     }
     if !connection {
-        return Err("handshake: 101 without \"Connection: Upgrade\"".into());
+        return invalid("handshake: 101 without \"Connection: Upgrade\"");
     }
     match accept {
         Some(a) if a == ACCEPT => Ok(()),
-        Some(a) => Err(format!(
+        Some(a) => Err(HandshakeError::Invalid(format!(
             "handshake: Sec-WebSocket-Accept is {a:?}, expected {ACCEPT:?}"
-        )),
-        None => Err("handshake: 101 without Sec-WebSocket-Accept".into()),
+        ))),
+        None => invalid("handshake: 101 without Sec-WebSocket-Accept"),
     }
+}
+
+/// The code of an HTTP status line (`HTTP/1.1 503 Service Unavailable` → 503).
+fn status_code(line: &str) -> Option<u16> {
+    let code = line.split(' ').nth(1)?;
+    if code.len() != 3 {
+        return None;
+    }
+    code.parse().ok()
 }
 
 /// Why setup stopped.
@@ -333,7 +467,7 @@ pub fn establish(
         while clients.len() < count && clients.len() - open < MAX_PENDING {
             let i = clients.len();
             let seed = seed.wrapping_add((i as u32).wrapping_mul(0x9E37_79B9));
-            let mut client = Client::connect(target.addr, Conn::client(max_message, seed))
+            let mut client = Client::connect(target.addr, None, Conn::client(max_message, seed))
                 .map_err(|e| fail(connect_error(target, &e, i)))?;
             poll.registry()
                 .register(
@@ -440,10 +574,37 @@ mod tests {
         let ok = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {ACCEPT}\r\n\r\n");
         assert!(check_response(ok.as_bytes()).is_ok());
         let err = check_response(b"HTTP/1.1 426 Upgrade Required\r\n\r\n").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                HandshakeError::Rejected {
+                    status: Some(426),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let err = err.to_string();
         assert!(err.contains("HTTP/1.1 426 Upgrade Required"), "{err}");
         let bad = ok.replace(ACCEPT, "xxx");
-        assert!(check_response(bad.as_bytes())
-            .unwrap_err()
-            .contains("Accept"));
+        let err = check_response(bad.as_bytes()).unwrap_err();
+        assert!(matches!(err, HandshakeError::Invalid(_)), "{err:?}");
+        assert!(err.to_string().contains("Accept"));
+    }
+
+    #[test]
+    fn status_codes() {
+        assert_eq!(status_code("HTTP/1.1 503 Service Unavailable"), Some(503));
+        assert_eq!(status_code("HTTP/1.0 400"), Some(400));
+        assert_eq!(status_code("HTTP/1.1 5030 x"), None);
+        assert_eq!(status_code("garbage"), None);
+        assert_eq!(status_code(""), None);
+    }
+
+    #[test]
+    fn sockaddr_in_is_network_order() {
+        let a = sockaddr_in("127.0.0.2:8080".parse().unwrap());
+        assert_eq!(a.sin_port.to_ne_bytes(), 8080u16.to_be_bytes());
+        assert_eq!(a.sin_addr.s_addr.to_ne_bytes(), [127, 0, 0, 2]);
     }
 }

@@ -6,6 +6,7 @@
 
 mod args;
 mod client;
+mod connect;
 mod echo;
 mod stats;
 
@@ -14,20 +15,22 @@ const USAGE: &str = "usage: courier-bench MODE [FLAGS]
 modes:
   echo      C connections x S-byte messages, D in flight each, against an echo server:
             msg/s, MB/s, round-trip p50/p99/p99.9/max
-  connect   (not built yet) connection storms: handshake latency, server memory per connection
+  connect   N connections opened at R/s, held idle for D s, closed: handshake latency
+            p50/p99/max, failures by kind, drops, server RSS per connection (--server-pid)
   im        (not built yet) IM users, 1:1 traffic, durable msg/s, exactly-once check
   fanout    (not built yet) group fan-out deliveries/s
 
 courier-bench MODE --help lists a mode's flags with their defaults.
 Exit status: 0 ok, 1 the run failed (cannot connect, handshake rejected, fd limit, a wrong
-or missing echo, a lost connection), 2 bad command line.
+or missing echo, a lost or dropped connection), 2 bad command line.
 ";
 
 fn main() {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let code = match argv.first().map(String::as_str) {
         Some("echo") => echo::main(&argv[1..]),
-        Some(mode @ ("connect" | "im" | "fanout")) => {
+        Some("connect") => connect::main(&argv[1..]),
+        Some(mode @ ("im" | "fanout")) => {
             eprintln!("courier-bench: mode {mode:?} is not built yet");
             2
         }
