@@ -22,3 +22,11 @@ impl Clock {
         self.start.elapsed().as_millis() as u64
     }
 }
+
+/// Milliseconds since the Unix epoch: message timestamps and token times, never timers
+/// (the wall clock can jump).
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -57,9 +57,88 @@ pub const NET_FLAGS: &[Flag] = &[
     },
 ];
 
+/// Flags of `courier serve`, beside [`NET_FLAGS`].
+pub const SERVE_FLAGS: &[Flag] = &[
+    Flag {
+        name: "data",
+        default: "./courier-data",
+        help: "data folder (the SQLite database and its WAL)",
+    },
+    Flag {
+        name: "jwt-secret",
+        default: "",
+        help: "HS256 secret that signs access tokens (required unless --dev-login on)",
+    },
+    Flag {
+        name: "heartbeat",
+        default: "25s",
+        help: "app ping interval suggested to clients (the idle timeout is 3x this unless set)",
+    },
+    Flag {
+        name: "ack-timeout",
+        default: "5s",
+        help: "re-push the oldest unacked message after this",
+    },
+    Flag {
+        name: "ack-retries",
+        default: "2",
+        help: "re-pushes before closing with 4008",
+    },
+    Flag {
+        name: "ack-retry-interval",
+        default: "2s",
+        help: "time between re-pushes, and from the last one to the 4008 close",
+    },
+    Flag {
+        name: "ack-window",
+        default: "256",
+        help: "pushed-but-unacked messages per connection before pushing pauses",
+    },
+    Flag {
+        name: "max-body",
+        default: "16KiB",
+        help: "largest message body (error too_large above it)",
+    },
+    Flag {
+        name: "rate",
+        default: "200",
+        help: "requests per second one connection may make on average (burst: twice this)",
+    },
+    Flag {
+        name: "synchronous",
+        default: "normal",
+        help: "normal: a sent message survives a crash of the process; full: also power loss",
+    },
+    Flag {
+        name: "dev-login",
+        default: "off",
+        help: "on: random per-run secret and GET /dev/token?user=NAME (local tries only)",
+    },
+    Flag {
+        name: "echo",
+        default: "on",
+        help: "serve the /echo benchmark endpoint beside /ws",
+    },
+];
+
+/// Flags of `courier token`.
+pub const TOKEN_FLAGS: &[Flag] = &[
+    Flag {
+        name: "jwt-secret",
+        default: "",
+        help: "HS256 secret that signs access tokens",
+    },
+    Flag {
+        name: "ttl",
+        default: "24h",
+        help: "how long the token is valid",
+    },
+];
+
 /// Parsed flag values, each already checked against its table.
 pub struct Values {
-    entries: Vec<(&'static Flag, String)>,
+    /// Every flag's value, and whether it came from the flag or the environment.
+    entries: Vec<(&'static Flag, String, bool)>,
 }
 
 /// What the command line asked for besides values.
@@ -112,9 +191,9 @@ pub fn parse(
             .rev()
             .find(|(f, _)| std::ptr::eq(*f, flag))
             .map(|(_, v)| v.clone())
-            .or_else(|| env(&env_name(flag.name)))
-            .unwrap_or_else(|| flag.default.to_string());
-        entries.push((flag, value));
+            .or_else(|| env(&env_name(flag.name)));
+        let set = value.is_some();
+        entries.push((flag, value.unwrap_or_else(|| flag.default.to_string()), set));
     }
     Ok(Parsed::Run(Values { entries }, positional))
 }
@@ -142,12 +221,36 @@ pub fn help(usage: &str, tables: &[&'static [Flag]]) -> String {
 }
 
 impl Values {
-    pub fn raw(&self, name: &str) -> &str {
+    fn entry(&self, name: &str) -> &(&'static Flag, String, bool) {
         self.entries
             .iter()
-            .find(|(f, _)| f.name == name)
-            .map(|(_, v)| v.as_str())
+            .find(|(f, ..)| f.name == name)
             .unwrap_or_else(|| panic!("flag --{name} is not in this command's tables"))
+    }
+
+    pub fn raw(&self, name: &str) -> &str {
+        &self.entry(name).1
+    }
+
+    /// Whether the flag or its environment variable was given (not just the default).
+    pub fn is_set(&self, name: &str) -> bool {
+        self.entry(name).2
+    }
+
+    /// `on` or `off`.
+    pub fn switch(&self, name: &str) -> Result<bool, String> {
+        match self.raw(name) {
+            "on" => Ok(true),
+            "off" => Ok(false),
+            raw => Err(format!("--{name}: expected on or off, got '{raw}'")),
+        }
+    }
+
+    /// A whole number.
+    pub fn count(&self, name: &str) -> Result<u64, String> {
+        let raw = self.raw(name);
+        raw.parse()
+            .map_err(|_| format!("--{name}: expected a whole number, got '{raw}'"))
     }
 
     pub fn addr(&self, name: &str) -> Result<SocketAddr, String> {

@@ -9,7 +9,9 @@ pub mod config;
 pub mod echo;
 pub mod im;
 pub mod net;
+pub mod serve;
 pub mod signal;
+pub mod store;
 pub mod ws;
 
 // The wheel is an internal data structure; the fuzzer drives it directly.

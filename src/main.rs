@@ -3,17 +3,36 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use courier::config::{self, NetConfig, Parsed, NET_FLAGS};
+use courier::config::{self, NetConfig, Parsed, Values, NET_FLAGS, SERVE_FLAGS, TOKEN_FLAGS};
+use courier::im::hub::HubConfig;
+use courier::serve::{ServeConfig, Server};
+use courier::store::{StoreConfig, Synchronous};
 
 const USAGE: &str = "\
 courier: a single-binary instant-messaging server
 
 usage:
   courier echo [flags]     WebSocket echo server (benchmark target: every data message comes back)
-  courier serve [flags]    the IM server (not built yet: it arrives with the IM delivery core)
+  courier [serve] [flags]  the IM server (WebSocket endpoint /ws, echo on /echo)
+  courier echo [flags]     WebSocket echo server (benchmark target: every data message comes back)
+  courier token USER [--ttl 24h]   print an access token for USER
   courier --version
 
-`courier echo --help` lists every flag with its default.";
+`courier serve --help` (or echo, token) lists every flag with its default.";
+
+const SERVE_USAGE: &str = "\
+usage: courier [serve] [flags]
+
+The IM server of PROTOCOL.md: authenticated WebSocket connections on /ws (token in
+?token= or Authorization: Bearer), messages stored in SQLite under --data before they are
+acknowledged, pushed with ACK and re-push. Prints `listening on ADDR` once it accepts
+connections; on SIGTERM/SIGINT closes every connection with 1001, finishes the store's
+queue and exits 0.";
+
+const TOKEN_USAGE: &str = "\
+usage: courier token USER [--ttl 24h] [--jwt-secret S]
+
+Prints an HS256 access token for USER, signed with the secret the server uses.";
 
 const ECHO_USAGE: &str = "\
 usage: courier echo [flags]
@@ -34,13 +53,12 @@ fn main() -> ExitCode {
             println!("courier {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        "serve" if rest.iter().any(|a| a == "--help" || a == "-h") => {
+        "serve" => serve(rest),
+        "token" => token(rest),
+        "help" => {
             println!("{USAGE}");
             Ok(())
         }
-        "serve" | "token" => Err(format!(
-            "`courier {command}` is not built yet: this build has the WebSocket foundation only; try `courier echo`"
-        )),
         other => Err(format!("unknown command '{other}'\n\n{USAGE}")),
     };
     match result {
@@ -76,4 +94,126 @@ fn echo(args: &[String]) -> Result<(), String> {
         let _ = stdout.flush();
     })
     .map_err(|e| format!("echo on {listen}: {e}"))
+}
+
+fn parse_or_help(
+    args: &[String],
+    usage: &str,
+    tables: &[&'static [config::Flag]],
+) -> Result<Option<(Values, Vec<String>)>, String> {
+    let env = |name: &str| std::env::var(name).ok();
+    match config::parse(args, tables, &env)? {
+        Parsed::Help => {
+            println!("{}", config::help(usage, tables));
+            Ok(None)
+        }
+        Parsed::Run(values, positional) => Ok(Some((values, positional))),
+    }
+}
+
+fn serve(args: &[String]) -> Result<(), String> {
+    let Some((values, positional)) = parse_or_help(args, SERVE_USAGE, &[NET_FLAGS, SERVE_FLAGS])?
+    else {
+        return Ok(());
+    };
+    if let Some(extra) = positional.first() {
+        return Err(format!("unexpected argument '{extra}'"));
+    }
+    let dev_login = values.switch("dev-login")?;
+    let secret = match (values.raw("jwt-secret"), dev_login) {
+        ("", false) => {
+            return Err("no token secret: set --jwt-secret or COURIER_JWT_SECRET (32+ random \
+                 bytes, e.g. `openssl rand -hex 32`), or try it locally with --dev-login on"
+                .into())
+        }
+        ("", true) => {
+            eprintln!(
+                "courier: DEV LOGIN IS ON: tokens are signed with a random secret made for this \
+                 run and anyone who can reach GET /dev/token can sign in as anyone. For local \
+                 tries only."
+            );
+            random_secret()?
+        }
+        (secret, _) => secret.as_bytes().to_vec(),
+    };
+    let heartbeat_ms = values.millis("heartbeat")?;
+    let open_files = courier::net::raise_open_file_limit()
+        .map_err(|e| format!("reading the open-file limit: {e}"))?;
+    let mut net = NetConfig::from_values(&values, open_files)?;
+    if !values.is_set("idle-timeout") {
+        // PROTOCOL.md: the idle timeout is three heartbeats unless set on its own.
+        net.idle_timeout_ms = heartbeat_ms.saturating_mul(3).max(1);
+    }
+    let rate = u32::try_from(values.count("rate")?).map_err(|_| "--rate is too large")?;
+    let hub = HubConfig {
+        heartbeat_ms,
+        ack_timeout_ms: values.millis("ack-timeout")?,
+        ack_retries: u32::try_from(values.count("ack-retries")?)
+            .map_err(|_| "--ack-retries is too large")?,
+        ack_retry_interval_ms: values.millis("ack-retry-interval")?,
+        window: values.count("ack-window")?.max(1),
+        max_body: values.bytes("max-body")?,
+        rate_per_sec: rate.max(1),
+        rate_burst: rate.saturating_mul(2).max(1),
+        ..HubConfig::default()
+    };
+    let mut store = StoreConfig::new(values.raw("data"));
+    store.synchronous = match values.raw("synchronous") {
+        "normal" => Synchronous::Normal,
+        "full" => Synchronous::Full,
+        other => return Err(format!("--synchronous: expected normal or full, got '{other}'")),
+    };
+    let config = ServeConfig {
+        store,
+        hub,
+        secret,
+        dev_login,
+        echo: values.switch("echo")?,
+    };
+    let listen = net.listen;
+    // The server (and with it the store) is dropped when the reactor returns: the store
+    // then commits what it accepted and stops its threads.
+    let result = courier::net::run(
+        net,
+        |waker| {
+            Server::open(config, waker, 0)
+                .map_err(std::io::Error::other)
+        },
+        |addr| {
+            let mut stdout = std::io::stdout().lock();
+            let _ = writeln!(stdout, "listening on {addr}");
+            let _ = stdout.flush();
+        },
+    );
+    result.map_err(|e| format!("serve on {listen}: {e}"))
+}
+
+fn token(args: &[String]) -> Result<(), String> {
+    let Some((values, positional)) = parse_or_help(args, TOKEN_USAGE, &[TOKEN_FLAGS])? else {
+        return Ok(());
+    };
+    let [user] = positional.as_slice() else {
+        return Err(format!("expected one USER\n\n{TOKEN_USAGE}"));
+    };
+    if !courier::im::auth::valid_user_id(user) {
+        return Err(format!("'{user}' is not a user id: 1 to 64 of [A-Za-z0-9_.-]"));
+    }
+    let secret = values.raw("jwt-secret");
+    if secret.is_empty() {
+        return Err("no token secret: set --jwt-secret or COURIER_JWT_SECRET".into());
+    }
+    let ttl = values.millis("ttl")? / 1000;
+    let now = courier::clock::wall_ms() / 1000;
+    println!("{}", courier::im::auth::issue(user, ttl, secret.as_bytes(), now));
+    Ok(())
+}
+
+/// 32 bytes from the kernel's generator, for the dev-login secret.
+fn random_secret() -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut secret = vec![0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut secret))
+        .map_err(|e| format!("reading /dev/urandom: {e}"))?;
+    Ok(secret)
 }

@@ -249,6 +249,11 @@ impl Hub {
         }
     }
 
+    /// Store jobs submitted and not yet answered (graceful shutdown waits for them).
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// Live connections of `user` (for presence and tests).
     pub fn connections_of(&self, user: &str) -> usize {
         self.users.get(user).map_or(0, |u| u.conns.len())

@@ -138,6 +138,8 @@ pub enum ErrorCode {
 pub enum Reply<'a> {
     Welcome {
         user: &'a str,
+        /// A string: the id is a 64-bit number, past what a JavaScript number holds exactly.
+        #[serde(serialize_with = "as_string")]
         conn: u64,
         heartbeat_ms: u64,
         inbox_seq: u64,
@@ -192,6 +194,10 @@ pub struct Msg<'a> {
     pub cid: Option<&'a str>,
     #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
     pub ref_mid: Option<u64>,
+}
+
+fn as_string<S: serde::Serializer>(n: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(n)
 }
 
 impl Reply<'_> {

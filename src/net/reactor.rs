@@ -32,11 +32,12 @@ pub struct ConnId {
 }
 
 impl ConnId {
-    fn to_u64(self) -> u64 {
+    /// The id as one number (for maps outside the reactor and for `welcome.conn`).
+    pub fn to_u64(self) -> u64 {
         (u64::from(self.generation) << 32) | u64::from(self.index)
     }
 
-    fn from_u64(raw: u64) -> ConnId {
+    pub fn from_u64(raw: u64) -> ConnId {
         ConnId {
             index: raw as u32,
             generation: (raw >> 32) as u32,

@@ -1,0 +1,264 @@
+//! `courier serve`: the IM server. Wires the reactor, the hub and the store together and
+//! speaks the few plain HTTP routes; the protocol itself lives in `im`.
+//!
+//! Everything here runs on the reactor thread. The store answers through a channel and
+//! wakes the reactor; the hub's actions are applied to connections through `Out`.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crossbeam_channel::Receiver;
+
+use crate::clock;
+use crate::im::auth;
+use crate::im::hub::{Action, Hub, HubConfig, Now, UNSUPPORTED_DATA};
+use crate::net::{Admission, ConnId, Out, Service, Waker};
+use crate::store::{self, Completion, Store, StoreConfig};
+use crate::ws::frame::OpCode;
+use crate::ws::handshake::{self, Request, Upgrade};
+
+/// The subprotocol PROTOCOL.md names; echoed when a client offers it.
+const SUBPROTOCOL: &str = "courier.v1";
+
+pub struct ServeConfig {
+    pub store: StoreConfig,
+    pub hub: HubConfig,
+    pub secret: Vec<u8>,
+    pub dev_login: bool,
+    pub echo: bool,
+}
+
+pub struct Server {
+    hub: Hub,
+    store: Option<Store>,
+    completions: Receiver<Completion>,
+    secret: Vec<u8>,
+    dev_login: bool,
+    echo: bool,
+    /// Authenticated at the upgrade, greeted once the `101` is out.
+    admitted: HashMap<ConnId, String>,
+    /// Connections on `/echo`.
+    echoing: HashSet<ConnId>,
+    started: Instant,
+    actions: Vec<Action>,
+}
+
+impl Server {
+    /// Opens the store (creating the data folder) and builds the hub from its heads.
+    pub fn open(config: ServeConfig, waker: Waker, now: u64) -> Result<Server, String> {
+        let notify: store::Notify = std::sync::Arc::new(move || waker.wake());
+        let (store, completions, initial) = store::open(&config.store, notify)
+            .map_err(|e| format!("opening the store in {}: {e}", config.store.dir.display()))?;
+        Ok(Server {
+            hub: Hub::new(config.hub, initial.heads, now),
+            store: Some(store),
+            completions,
+            secret: config.secret,
+            dev_login: config.dev_login,
+            echo: config.echo,
+            admitted: HashMap::new(),
+            echoing: HashSet::new(),
+            started: Instant::now(),
+            actions: Vec::new(),
+        })
+    }
+
+    /// Carries out what the hub asked for. Store refusals go back to the hub, whose
+    /// answers are carried out in turn.
+    fn apply(&mut self, out: &mut Out<'_>) {
+        let mut i = 0;
+        while i < self.actions.len() {
+            let action = std::mem::replace(
+                &mut self.actions[i],
+                Action::Close {
+                    conn: 0,
+                    code: 0,
+                    reason: "",
+                },
+            );
+            i += 1;
+            match action {
+                Action::Send { conn, text } => {
+                    out.send(ConnId::from_u64(conn), OpCode::Text, &text);
+                }
+                Action::Close { conn, code, reason } => out.close(ConnId::from_u64(conn), code, reason),
+                Action::Store(job) => {
+                    let refused = match &self.store {
+                        Some(store) => store.submit(job).err(),
+                        None => Some(job),
+                    };
+                    if let Some(job) = refused {
+                        let mut more = Vec::new();
+                        self.hub.store_refused(job, &mut more);
+                        self.actions.extend(more);
+                    }
+                }
+            }
+        }
+        self.actions.clear();
+    }
+
+    fn now(out: &Out<'_>) -> Now {
+        Now {
+            mono: out.now(),
+            wall: clock::wall_ms(),
+        }
+    }
+
+    fn authenticate(&self, request: &Request<'_>) -> Result<String, auth::AuthError> {
+        let token = auth::token_from_request(
+            request.query_param("token"),
+            request.header("authorization"),
+        )
+        .ok_or(auth::AuthError::Missing)?;
+        let claims = auth::verify(token, &self.secret, clock::wall_ms() / 1000)?;
+        Ok(claims.sub)
+    }
+}
+
+fn respond_json(out: &mut Vec<u8>, status: u16, reason: &str, body: &str) {
+    handshake::write_response(
+        out,
+        status,
+        reason,
+        "application/json",
+        &[("Cache-Control", "no-store")],
+        body.as_bytes(),
+    );
+}
+
+impl Service for Server {
+    fn http(&mut self, request: &Request<'_>, _peer: SocketAddr, out: &mut Vec<u8>) {
+        match request.path() {
+            "/healthz" => {
+                let body = format!(
+                    "{{\"status\":\"ok\",\"version\":\"{}\",\"uptime_ms\":{}}}",
+                    env!("CARGO_PKG_VERSION"),
+                    self.started.elapsed().as_millis()
+                );
+                respond_json(out, 200, "OK", &body);
+            }
+            "/dev/token" if self.dev_login => {
+                match request.query_param("user").filter(|u| auth::valid_user_id(u)) {
+                    Some(user) => {
+                        let now = clock::wall_ms() / 1000;
+                        let token = auth::issue(user, 24 * 3600, &self.secret, now);
+                        respond_json(out, 200, "OK", &format!("{{\"token\":\"{token}\"}}"));
+                    }
+                    None => respond_json(
+                        out,
+                        400,
+                        "Bad Request",
+                        "{\"error\":\"user must be 1 to 64 of [A-Za-z0-9_.-]\"}",
+                    ),
+                }
+            }
+            _ => handshake::write_response(
+                out,
+                404,
+                "Not Found",
+                "text/plain; charset=utf-8",
+                &[],
+                b"not found\n",
+            ),
+        }
+    }
+
+    fn upgrade(
+        &mut self,
+        conn: ConnId,
+        request: &Request<'_>,
+        upgrade: &Upgrade<'_>,
+        _peer: SocketAddr,
+        response: &mut Vec<u8>,
+    ) -> Admission {
+        let protocol = upgrade.protocols().any(|p| p == SUBPROTOCOL).then_some(SUBPROTOCOL);
+        match request.path() {
+            "/ws" => match self.authenticate(request) {
+                Ok(user) => {
+                    self.admitted.insert(conn, user);
+                    Admission::Accept { protocol }
+                }
+                Err(e) => {
+                    let body = format!("{e}\n");
+                    handshake::write_response(
+                        response,
+                        401,
+                        "Unauthorized",
+                        "text/plain; charset=utf-8",
+                        &[("WWW-Authenticate", "Bearer")],
+                        body.as_bytes(),
+                    );
+                    Admission::Refuse
+                }
+            },
+            "/echo" if self.echo => {
+                self.echoing.insert(conn);
+                Admission::Accept { protocol: None }
+            }
+            _ => {
+                handshake::write_response(
+                    response,
+                    404,
+                    "Not Found",
+                    "text/plain; charset=utf-8",
+                    &[],
+                    b"no WebSocket endpoint here: /ws (IM) or /echo\n",
+                );
+                Admission::Refuse
+            }
+        }
+    }
+
+    fn opened(&mut self, conn: ConnId, out: &mut Out<'_>) {
+        if let Some(user) = self.admitted.remove(&conn) {
+            let now = Self::now(out);
+            self.hub.connect(conn.to_u64(), &user, now, &mut self.actions);
+            self.apply(out);
+        }
+    }
+
+    fn message(&mut self, conn: ConnId, opcode: OpCode, payload: &[u8], out: &mut Out<'_>) {
+        if self.echoing.contains(&conn) {
+            out.send(conn, opcode, payload);
+            return;
+        }
+        if opcode != OpCode::Text {
+            out.close(conn, UNSUPPORTED_DATA, "binary frames are not part of the protocol");
+            return;
+        }
+        let now = Self::now(out);
+        self.hub.message(conn.to_u64(), payload, now, &mut self.actions);
+        self.apply(out);
+    }
+
+    fn closed(&mut self, conn: ConnId) {
+        if !self.echoing.remove(&conn) {
+            self.admitted.remove(&conn);
+            self.hub.disconnect(conn.to_u64());
+        }
+    }
+
+    fn woken(&mut self, out: &mut Out<'_>) {
+        let now = Self::now(out);
+        while let Ok(completion) = self.completions.try_recv() {
+            self.hub.completion(completion, now, &mut self.actions);
+            self.apply(out);
+        }
+    }
+
+    fn next_deadline(&self) -> Option<u64> {
+        self.hub.next_deadline()
+    }
+
+    fn on_time(&mut self, out: &mut Out<'_>) {
+        let now = Self::now(out);
+        self.hub.on_time(now, &mut self.actions);
+        self.apply(out);
+    }
+
+    fn drained(&mut self) -> bool {
+        !self.hub.has_pending()
+    }
+}

@@ -1,0 +1,569 @@
+//! Persistence: SQLite (WAL) behind bounded channels, so the reactor never waits on a disk.
+//!
+//! ```text
+//!  reactor ──submit (try_send)──► writer queue ──► writer thread ──┐  group commit:
+//!          │                                     (one connection) │  BEGIN … COMMIT, then
+//!          └──submit (try_send)──► reader queue ──► reader pool ──┤  completions in order
+//!  reactor ◄── completions (bounded) ◄───────────────────────────┘  + notify() (mio Waker)
+//! ```
+//!
+//! The store knows nothing of sockets, mio or the wire protocol: it takes [`Job`]s and gives
+//! back [`Completion`]s carrying the job's `tag`, which the caller uses to find whoever
+//! asked. [`Store::submit`] never blocks: when a queue is full it hands the job back and the
+//! caller answers `unavailable`. After pushing completions a store thread calls the
+//! `notify` callback given to [`open`]; the reactor passes one that wakes its `mio::Waker`.
+//!
+//! # Writes: one writer, group commit
+//! One thread owns the only read-write connection. It blocks for a job, drains whatever
+//! else is waiting (up to `max_batch`), runs the lot in one transaction with cached
+//! statements, commits, and only then sends the completions, in job order, and calls
+//! `notify` once. A completion therefore always means "committed": the `sent` built from
+//! it never runs ahead of the disk (PROTOCOL.md guarantee 1), and completions come back in
+//! the order jobs were accepted, which is also the order of commit, which is the order of
+//! seqs. Failure handling is described in `writer.rs`: a failed batch is rolled back and
+//! its jobs retried one transaction each, so only the job at fault fails.
+//!
+//! Being the only writer (the data folder is `flock`ed, so a second process is refused at
+//! open) the writer keeps every user's uid and inbox head in memory and assigns seqs with
+//! no query; `users.head` is written once per touched user per batch.
+//!
+//! # Reads: a pool of snapshot readers
+//! `readers` threads share one queue, each with a read-only connection. WAL gives each read
+//! transaction a consistent snapshot while the writer commits, so paging an inbox never
+//! blocks a commit and a page's `head` always matches its entries.
+//!
+//! # What survives what
+//! Every commit goes through the write-ahead log. With `synchronous=NORMAL` (the default)
+//! `COMMIT` returns once the WAL frames are written to the OS (no fsync): a commit survives
+//! `kill -9` of the process, because the kernel already holds the data and writes it out
+//! anyway, but the last commits before a power loss or OS crash may be lost (the database
+//! stays consistent: it comes back as of an earlier commit). With `synchronous=FULL` the WAL
+//! is fsynced at every commit, so a commit also survives power loss. Group commit is what
+//! makes FULL affordable: one fsync covers a whole batch, and batches grow as load grows.
+//! Either way a message whose `sent` went out is committed; a client that gets an error, or
+//! no answer, resends its `cid` and the `(sender, cid)` key makes that harmless.
+//!
+//! # Bounds and shutdown
+//! The job queues and the completion channel are bounded by `queue` (counted in jobs, not
+//! bytes: the hub's message size limit and rate limits bound what one job carries). A store
+//! thread whose completion channel is full waits for the reactor to drain it, so the queues
+//! back up and `submit` starts handing jobs back: backpressure, not memory growth.
+//! [`Store::shutdown`] (and dropping the [`Store`]) closes the queues, lets the threads
+//! finish every job already accepted, commits it, and joins them; nothing accepted is lost.
+//!
+//! # Adding a job kind or a schema change
+//! A job kind is a [`Job`] variant, a [`Completion`] variant, an arm in [`Job::lane`], one in
+//! `complete` (mod.rs) and one in the writer's `apply` or the reader's loop. A schema change
+//! is a step appended to `schema::MIGRATIONS`, never an edit of an existing one.
+
+mod checkpoint;
+mod error;
+mod reader;
+mod schema;
+mod stats;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+pub use error::StoreError;
+pub use stats::{Histogram, Stats, BUCKETS};
+
+use error::{io, sql};
+
+/// File name of the database inside the data folder.
+pub const DB_FILE: &str = "courier.db";
+/// Reader threads by default: enough to keep sync off the writer's core on a 2-core box.
+pub const DEFAULT_READERS: usize = 2;
+/// Most jobs per write transaction by default: big enough that the per-commit cost
+/// vanishes, small enough that one batch's completions stay a short burst for the reactor.
+pub const DEFAULT_MAX_BATCH: usize = 1024;
+/// Bound of each queue (writer jobs, reader jobs, completions) by default.
+pub const DEFAULT_QUEUE: usize = 65536;
+
+/// Called by a store thread after it has pushed completions. Must not block.
+pub type Notify = Arc<dyn Fn() + Send + Sync>;
+
+/// How hard a commit pushes to disk; see the module docs ("What survives what").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Synchronous {
+    /// No fsync per commit: survives `kill -9`, may lose the last commits on power loss.
+    #[default]
+    Normal,
+    /// fsync of the WAL per commit (per batch): survives power loss.
+    Full,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        }
+    }
+}
+
+impl FromStr for Synchronous {
+    type Err = String;
+
+    /// `normal` or `full`, as `--synchronous` takes them.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "normal" => Ok(Synchronous::Normal),
+            "full" => Ok(Synchronous::Full),
+            other => Err(format!("expected normal or full, got {other:?}")),
+        }
+    }
+}
+
+impl fmt::Display for Synchronous {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Synchronous::Normal => "normal",
+            Synchronous::Full => "full",
+        })
+    }
+}
+
+/// Everything [`open`] needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Data folder, created if missing; holds [`DB_FILE`], its WAL and a lock file.
+    pub dir: PathBuf,
+    pub synchronous: Synchronous,
+    /// Reader threads; 0 is taken as 1.
+    pub readers: usize,
+    /// Most jobs per write transaction; 0 is taken as 1.
+    pub max_batch: usize,
+    /// Bound of each channel, in jobs; 0 is taken as 1.
+    pub queue: usize,
+}
+
+impl StoreConfig {
+    /// The defaults, in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> StoreConfig {
+        StoreConfig {
+            dir: dir.into(),
+            synchronous: Synchronous::Normal,
+            readers: DEFAULT_READERS,
+            max_batch: DEFAULT_MAX_BATCH,
+            queue: DEFAULT_QUEUE,
+        }
+    }
+}
+
+/// Work for the store. `tag` is the caller's, returned untouched in the completion.
+///
+/// User ids are taken as given: the hub validates them (PROTOCOL.md: 1 to 64 bytes of
+/// `[A-Za-z0-9_.-]`) and takes the sender from the token; the store only refuses empty ones.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Job {
+    /// Store a 1:1 message (writer). Answered by [`Completion::Sent`].
+    Send {
+        tag: u64,
+        sender: String,
+        /// Client message id, unique per sender: a resend is answered with the original.
+        cid: String,
+        /// Recipient user id; may be the sender (a note to self).
+        to: String,
+        body: String,
+        kind: String,
+        /// Milliseconds since the epoch, set by the hub; stored as given.
+        ts: u64,
+    },
+    /// Read a page of a user's inbox (reader). Answered by [`Completion::Page`].
+    Page {
+        tag: u64,
+        user: String,
+        /// Entries with seq greater than this.
+        after: u64,
+        /// At most this many entries. The caller caps it (PROTOCOL.md: default 1000).
+        limit: u32,
+    },
+}
+
+/// Which queue a job goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    Write,
+    Read,
+}
+
+impl Job {
+    pub fn tag(&self) -> u64 {
+        match self {
+            Job::Send { tag, .. } | Job::Page { tag, .. } => *tag,
+        }
+    }
+
+    pub fn lane(&self) -> Lane {
+        match self {
+            Job::Send { .. } => Lane::Write,
+            Job::Page { .. } => Lane::Read,
+        }
+    }
+}
+
+/// A finished job, sent only after its transaction committed (or failed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Completion {
+    Sent {
+        tag: u64,
+        result: Result<Sent, StoreError>,
+    },
+    Page {
+        tag: u64,
+        user: String,
+        after: u64,
+        result: Result<Page, StoreError>,
+    },
+}
+
+impl Completion {
+    pub fn tag(&self) -> u64 {
+        match self {
+            Completion::Sent { tag, .. } | Completion::Page { tag, .. } => *tag,
+        }
+    }
+}
+
+/// A stored (or found again) message: what the `sent` reply and the `msg` pushes need.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sent {
+    pub mid: u64,
+    pub conv: String,
+    pub ts: u64,
+    /// The sender's inbox seq for this message.
+    pub sender_seq: u64,
+    /// The `cid` was seen before: every field is the original's and nothing was stored.
+    pub duplicate: bool,
+    /// New inbox entries, `(user, seq)`: the sender's first, then the recipient's (absent
+    /// for a note to self). Empty for a duplicate.
+    pub deliveries: Vec<(String, u64)>,
+    pub from: String,
+    pub cid: String,
+    pub body: String,
+    pub kind: String,
+}
+
+/// One inbox entry with its message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub seq: u64,
+    pub mid: u64,
+    pub conv: String,
+    pub from: String,
+    pub cid: String,
+    pub body: String,
+    pub kind: String,
+    pub ts: u64,
+    /// The message this entry refers to (a recall's target).
+    pub ref_mid: Option<u64>,
+}
+
+/// A page of an inbox and the inbox head, both from one snapshot: every seq up to `head`
+/// is committed, and when the page holds fewer than `limit` entries, its last seq (or
+/// `after`, when empty) is `head`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page {
+    pub entries: Vec<Entry>,
+    pub head: u64,
+}
+
+/// What the hub needs before the first connection: every user's latest inbox seq.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Initial {
+    pub heads: HashMap<String, u64>,
+}
+
+/// The handle the reactor keeps. Dropping it is a graceful shutdown too.
+pub struct Store {
+    writer: Option<Sender<Job>>,
+    reader: Option<Sender<Job>>,
+    /// A second receiver of the completion channel: lets `shutdown` drain what the caller
+    /// has not taken, so a store thread blocked on a full channel can finish.
+    completions: Receiver<Completion>,
+    threads: Vec<JoinHandle<()>>,
+    counters: Arc<stats::Counters>,
+}
+
+/// Opens (creating and migrating as needed) the store in `config.dir` and starts its
+/// threads. Returns the handle, the completion channel and every user's inbox head.
+pub fn open(
+    config: &StoreConfig,
+    notify: Notify,
+) -> Result<(Store, Receiver<Completion>, Initial), StoreError> {
+    open_gated(config, notify, None)
+}
+
+/// [`open`], with a test hook: given a gate, the writer takes one message from it before
+/// each batch, after its first job, so a test can queue jobs and release them as one batch.
+fn open_gated(
+    config: &StoreConfig,
+    notify: Notify,
+    gate: Option<Receiver<()>>,
+) -> Result<(Store, Receiver<Completion>, Initial), StoreError> {
+    std::fs::create_dir_all(&config.dir).map_err(io)?;
+    let lock = schema::lock(&config.dir)?;
+    let path = config.dir.join(DB_FILE);
+    let conn = schema::open_writer(&path, config.synchronous)?;
+    let rows = schema::load_users(&conn).map_err(sql)?;
+    let initial = Initial {
+        heads: rows.iter().map(|r| (r.name.clone(), r.head)).collect(),
+    };
+    // Open every connection before starting any thread, so a failure here needs no cleanup.
+    let checkpointer = schema::open_checkpointer(&path).map_err(sql)?;
+    let readers = (0..config.readers.max(1))
+        .map(|_| schema::open_reader(&path))
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(sql)?;
+
+    let queue = config.queue.max(1);
+    let (writer_tx, writer_rx) = bounded(queue);
+    let (reader_tx, reader_rx) = bounded(queue);
+    let (done_tx, done_rx) = bounded(queue);
+    let (nudge_tx, nudge_rx) = bounded(1);
+    let counters = Arc::new(stats::Counters::default());
+    let mut store = Store {
+        writer: Some(writer_tx),
+        reader: Some(reader_tx),
+        completions: done_rx.clone(),
+        threads: Vec::with_capacity(2 + readers.len()),
+        counters: counters.clone(),
+    };
+
+    let writer = writer::Writer {
+        conn,
+        users: writer::Users::new(rows),
+        jobs: writer_rx,
+        done: done_tx.clone(),
+        notify: notify.clone(),
+        counters: counters.clone(),
+        max_batch: config.max_batch.max(1),
+        checkpoint: nudge_tx,
+        _lock: lock,
+        gate,
+    };
+    let checkpointer = checkpoint::Checkpointer {
+        conn: checkpointer,
+        nudges: nudge_rx,
+        counters: counters.clone(),
+    };
+    let mut spawned = thread::Builder::new()
+        .name("courier-store-checkpoint".into())
+        .spawn(move || checkpointer.run())
+        .map(|handle| store.threads.push(handle));
+    if spawned.is_ok() {
+        spawned = thread::Builder::new()
+            .name("courier-store-writer".into())
+            .spawn(move || writer.run())
+            .map(|handle| store.threads.push(handle));
+    }
+    for (i, conn) in readers.into_iter().enumerate() {
+        if spawned.is_err() {
+            break;
+        }
+        let reader = reader::Reader {
+            conn,
+            jobs: reader_rx.clone(),
+            done: done_tx.clone(),
+            notify: notify.clone(),
+            counters: counters.clone(),
+        };
+        spawned = thread::Builder::new()
+            .name(format!("courier-store-reader-{i}"))
+            .spawn(move || reader.run())
+            .map(|handle| store.threads.push(handle));
+    }
+    // Only the threads may hold completion senders: `shutdown` waits for the channel to
+    // disconnect, which is how it knows every thread is done.
+    drop(done_tx);
+    drop(reader_rx);
+    if let Err(e) = spawned {
+        drop(store);
+        return Err(io(e));
+    }
+    Ok((store, done_rx, initial))
+}
+
+impl Store {
+    /// Queues a job without blocking. Gives the job back when its queue is full (or the
+    /// store is shutting down), so the caller can answer `unavailable`.
+    pub fn submit(&self, job: Job) -> Result<(), Job> {
+        let queue = match job.lane() {
+            Lane::Write => &self.writer,
+            Lane::Read => &self.reader,
+        };
+        match queue {
+            Some(queue) => queue.try_send(job).map_err(|e| e.into_inner()),
+            None => Err(job),
+        }
+    }
+
+    /// Counters and queue depths, for `/metrics` and the bench.
+    pub fn stats(&self) -> Stats {
+        let mut stats = self.counters.snapshot();
+        stats.writer_queue = self.writer.as_ref().map_or(0, Sender::len);
+        stats.reader_queue = self.reader.as_ref().map_or(0, Sender::len);
+        stats.completion_queue = self.completions.len();
+        stats
+    }
+
+    /// Closes the queues, waits until every job accepted so far has been committed (or
+    /// failed) and answered, and joins the threads.
+    ///
+    /// Returns the completions the caller had not yet received, in order (the caller's
+    /// receiver is left empty and disconnected). Draining them here is what keeps a store
+    /// thread from waiting forever on a full completion channel that nobody reads any more.
+    /// A caller that is past answering anyone can ignore them: the commits stand.
+    pub fn shutdown(mut self) -> Vec<Completion> {
+        self.close()
+    }
+
+    fn close(&mut self) -> Vec<Completion> {
+        self.writer = None;
+        self.reader = None;
+        // Ends when the last store thread has dropped its sender, i.e. has finished.
+        let rest: Vec<Completion> = self.completions.iter().collect();
+        for handle in self.threads.drain(..) {
+            // A store thread that panicked has nothing left to give; the process aborts on
+            // panic in release builds anyway.
+            let _ = handle.join();
+        }
+        rest
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.close();
+        }
+    }
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("threads", &self.threads.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// `dm:<a>:<b>` with the two ids sorted, so both sides name the conversation alike.
+pub(crate) fn dm_conv(a: &str, b: &str) -> String {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    let mut conv = String::with_capacity(4 + lo.len() + hi.len());
+    conv.push_str("dm:");
+    conv.push_str(lo);
+    conv.push(':');
+    conv.push_str(hi);
+    conv
+}
+
+/// What a job produced inside the store, before it is joined with the job's own fields
+/// into a [`Completion`]. Kept apart from the job so a failed batch can run its jobs again.
+pub(crate) enum Outcome {
+    Sent {
+        mid: u64,
+        conv: String,
+        sender_seq: u64,
+        recipient_seq: Option<u64>,
+    },
+    Duplicate {
+        mid: u64,
+        conv: String,
+        ts: u64,
+        sender_seq: u64,
+        kind: String,
+        body: String,
+    },
+    Page(Page),
+}
+
+/// Joins a job with its outcome, moving the job's strings into the completion.
+pub(crate) fn complete(job: Job, outcome: Result<Outcome, StoreError>) -> Completion {
+    let mismatch = || StoreError::Internal("outcome does not match the job".into());
+    match job {
+        Job::Send {
+            tag,
+            sender,
+            cid,
+            to,
+            body,
+            kind,
+            ts,
+        } => {
+            let result = outcome.and_then(|outcome| match outcome {
+                Outcome::Sent {
+                    mid,
+                    conv,
+                    sender_seq,
+                    recipient_seq,
+                } => {
+                    let mut deliveries = Vec::with_capacity(2);
+                    deliveries.push((sender.clone(), sender_seq));
+                    if let Some(seq) = recipient_seq {
+                        deliveries.push((to, seq));
+                    }
+                    Ok(Sent {
+                        mid,
+                        conv,
+                        ts,
+                        sender_seq,
+                        duplicate: false,
+                        deliveries,
+                        from: sender,
+                        cid,
+                        body,
+                        kind,
+                    })
+                }
+                Outcome::Duplicate {
+                    mid,
+                    conv,
+                    ts,
+                    sender_seq,
+                    kind,
+                    body,
+                } => Ok(Sent {
+                    mid,
+                    conv,
+                    ts,
+                    sender_seq,
+                    duplicate: true,
+                    deliveries: Vec::new(),
+                    from: sender,
+                    cid,
+                    body,
+                    kind,
+                }),
+                Outcome::Page(_) => Err(mismatch()),
+            });
+            Completion::Sent { tag, result }
+        }
+        Job::Page {
+            tag, user, after, ..
+        } => {
+            let result = outcome.and_then(|outcome| match outcome {
+                Outcome::Page(page) => Ok(page),
+                _ => Err(mismatch()),
+            });
+            Completion::Page {
+                tag,
+                user,
+                after,
+                result,
+            }
+        }
+    }
+}

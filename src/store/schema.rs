@@ -1,0 +1,225 @@
+//! Opening connections, pragmas, the schema and its migrations.
+//!
+//! Migrations are a list indexed by `PRAGMA user_version`: step `i` takes the schema from
+//! version `i` to `i + 1`. Steps are only ever appended, never edited or removed, because a
+//! database in the field may sit at any version. Each step runs in its own exclusive
+//! transaction together with the `user_version` bump (the version lives in the file header,
+//! which SQLite writes transactionally), so a crash mid-migration leaves the previous
+//! version intact and the next start resumes from there.
+
+use std::fs::File;
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, Row, TransactionBehavior};
+
+use super::error::{io, sql, StoreError};
+use super::{checkpoint, Synchronous};
+
+/// Schema steps, in order. To change the schema, append a step; the writer and readers see
+/// the final version only.
+///
+/// Sizing: an inbox row is three integers in a `WITHOUT ROWID` table, so the row *is* its
+/// primary-key entry (no separate rowid tree to maintain), about 10 bytes on disk; a
+/// 1,000-member group costs 1,000 of those, and the body is stored once in `messages`.
+/// `messages.conv` has no index yet: history (a later issue) will add `(conv, mid)` in its
+/// own migration, and until then the hot insert path pays for no index it does not use.
+pub(crate) const MIGRATIONS: &[&str] = &[
+    // 1: users, messages, per-user inbox.
+    "CREATE TABLE users(
+         uid  INTEGER PRIMARY KEY,
+         name TEXT UNIQUE NOT NULL,
+         head INTEGER NOT NULL DEFAULT 0
+     );
+     CREATE TABLE messages(
+         mid        INTEGER PRIMARY KEY,
+         conv       TEXT NOT NULL,
+         sender     INTEGER NOT NULL,
+         cid        TEXT NOT NULL,
+         kind       TEXT NOT NULL,
+         body       TEXT NOT NULL,
+         ts         INTEGER NOT NULL,
+         sender_seq INTEGER NOT NULL,
+         ref        INTEGER,
+         UNIQUE(sender, cid)
+     );
+     CREATE TABLE inbox(
+         uid INTEGER NOT NULL,
+         seq INTEGER NOT NULL,
+         mid INTEGER NOT NULL,
+         PRIMARY KEY(uid, seq)
+     ) WITHOUT ROWID;",
+];
+
+/// How long a statement waits on a lock held by another connection before failing. In one
+/// courier process the writer never waits on the readers (WAL); this covers the sqlite3
+/// shell, a backup tool, or the WAL recovery a reader may briefly wait on after a crash.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Prepared-statement cache per connection: room for every statement of every job kind.
+const STATEMENT_CACHE: usize = 64;
+
+/// Truncate the WAL file back to this size after a checkpoint resets it, so a burst does
+/// not leave a huge file behind.
+const JOURNAL_SIZE_LIMIT: i64 = 64 << 20;
+
+/// Writer page cache (KiB, SQLite's negative-number convention): the hot part of the inbox
+/// and users trees stays in memory across batches.
+const WRITER_CACHE_KIB: i64 = 32 << 10;
+/// Per-reader page cache (KiB): sync reads recent inbox entries, mostly hot pages.
+const READER_CACHE_KIB: i64 = 8 << 10;
+
+/// Name of the lock file beside the database.
+pub(crate) const LOCK_FILE: &str = "courier.lock";
+
+/// Takes the data folder's lock, held for as long as the returned file is open.
+///
+/// The writer keeps every user's inbox head in memory and treats it as the truth, which is
+/// only sound while it is the sole writer. SQLite's own locks serialize transactions but
+/// cannot tell a second courier that its cached heads are stale, so a second process on the
+/// same folder is refused here, at open, instead of corrupting seqs later. `flock` locks
+/// belong to the open file description, so the lock also refuses a second open in this
+/// process and dies with the process, even on `kill -9`.
+pub(crate) fn lock(dir: &Path) -> Result<File, StoreError> {
+    use std::os::fd::AsRawFd;
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))
+        .map_err(io)?;
+    // SAFETY: flock on a descriptor we own, with no pointers involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        return Err(if err.kind() == std::io::ErrorKind::WouldBlock {
+            StoreError::Locked
+        } else {
+            io(err)
+        });
+    }
+    Ok(file)
+}
+
+/// The one read-write connection, configured and migrated.
+pub(crate) fn open_writer(path: &Path, synchronous: Synchronous) -> Result<Connection, StoreError> {
+    let mut conn = Connection::open(path).map_err(sql)?;
+    configure_writer(&conn, synchronous).map_err(sql)?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+fn configure_writer(conn: &Connection, synchronous: Synchronous) -> rusqlite::Result<()> {
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // Pragmas outside any transaction: journal_mode cannot change inside one. WAL is what
+    // lets readers keep a snapshot while the writer commits, and turns a commit into one
+    // sequential append.
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+            Some(format!("journal_mode=WAL refused (got {mode})")),
+        ));
+    }
+    conn.pragma_update(None, "synchronous", synchronous.pragma())?;
+    // Nothing declares a foreign key today; off also keeps a later REFERENCES clause from
+    // adding a lookup per inserted inbox row on the hot path. Integrity comes from the
+    // writer being the only one who inserts.
+    conn.pragma_update(None, "foreign_keys", false)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
+    // Checkpoints belong to the checkpointer thread; this is only its backstop.
+    conn.pragma_update(None, "wal_autocheckpoint", checkpoint::WRITER_BACKSTOP_PAGES)?;
+    Ok(())
+}
+
+/// The checkpointer's connection: read-write, but it only ever runs `wal_checkpoint`.
+pub(crate) fn open_checkpointer(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // Never checkpoint from a commit here either (it makes none, but be explicit).
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    Ok(conn)
+}
+
+/// A read-only connection for a reader thread. Opened after the writer, which has put the
+/// file in WAL mode (a read-only connection cannot).
+pub(crate) fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "cache_size", -READER_CACHE_KIB)?;
+    Ok(conn)
+}
+
+/// Applies every step past the file's `user_version`. The version is read inside each
+/// step's exclusive transaction, so two processes racing here (the lock file normally
+/// prevents that) apply each step once.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    loop {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Exclusive)
+            .map_err(sql)?;
+        let version: i64 = tx
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(sql)?;
+        let known = MIGRATIONS.len();
+        let step = match usize::try_from(version) {
+            Ok(v) if v == known => return Ok(()),
+            Ok(v) if v < known => v,
+            _ => {
+                return Err(StoreError::SchemaTooNew {
+                    found: version,
+                    known,
+                })
+            }
+        };
+        tx.execute_batch(MIGRATIONS[step]).map_err(sql)?;
+        tx.pragma_update(None, "user_version", step as i64 + 1)
+            .map_err(sql)?;
+        tx.commit().map_err(sql)?;
+    }
+}
+
+/// One stored user, as loaded at open.
+pub(crate) struct UserRow {
+    pub uid: i64,
+    pub name: String,
+    pub head: u64,
+}
+
+pub(crate) fn load_users(conn: &Connection) -> rusqlite::Result<Vec<UserRow>> {
+    let mut stmt = conn.prepare("SELECT uid, name, head FROM users ORDER BY uid")?;
+    let rows = stmt.query_map([], |row| {
+        Ok(UserRow {
+            uid: row.get(0)?,
+            name: row.get(1)?,
+            head: get_u64(row, 2)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Reads a column stored as a non-negative INTEGER. Seqs, mids, heads and timestamps are
+/// `u64` in Rust and `i64` in SQLite; a negative value can only come from a damaged or
+/// hand-edited file and is reported, not wrapped.
+pub(crate) fn get_u64(row: &Row<'_>, idx: usize) -> rusqlite::Result<u64> {
+    let value: i64 = row.get(idx)?;
+    u64::try_from(value).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, value))
+}
+
+/// [`get_u64`] for a nullable column.
+pub(crate) fn get_opt_u64(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<u64>> {
+    let value: Option<i64> = row.get(idx)?;
+    value
+        .map(|v| u64::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, v)))
+        .transpose()
+}

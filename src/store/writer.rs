@@ -1,0 +1,399 @@
+//! The writer thread: the one connection that writes, group commit, seq assignment.
+//!
+//! A batch is every job waiting when the writer comes round, up to `max_batch`: block for
+//! the first, drain the rest with `try_recv`, run them all in one `BEGIN IMMEDIATE`
+//! transaction, write each touched user's new head once, `COMMIT`, and only then send the
+//! completions, in job order, and call `notify` once. Under load the queue refills while a
+//! batch commits, so batches grow with the load and the per-commit cost (the WAL append,
+//! the fsync under `synchronous=FULL`) is shared by more messages exactly when it matters;
+//! at low load a batch is one job and nothing waits for a batch to fill.
+//!
+//! Failures. A job whose input cannot be stored (say a `ts` past `i64::MAX`) is rejected
+//! before it writes anything and answered with [`StoreError::Invalid`]; its batch goes on.
+//! Any SQLite error mid-batch rolls the whole transaction back, restores the in-memory
+//! heads, and then runs the jobs of that batch again one transaction each, so one poison
+//! job fails alone while the others still commit, in the same order; an error that is not
+//! about a job (disk full, I/O) then fails each of them too. Retrying is safe because
+//! nothing of the failed transaction survives, and cheap because the happy path never pays
+//! for it.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::error::{sql, StoreError};
+use super::schema::{get_u64, UserRow};
+use super::stats::Counters;
+use super::{complete, dm_conv, Completion, Job, Notify, Outcome};
+
+pub(crate) struct Writer {
+    pub conn: Connection,
+    pub users: Users,
+    pub jobs: Receiver<Job>,
+    pub done: Sender<Completion>,
+    pub notify: Notify,
+    pub counters: std::sync::Arc<Counters>,
+    pub max_batch: usize,
+    /// Tells the checkpointer there is something new in the WAL; capacity 1, so nudges
+    /// coalesce and sending never blocks.
+    pub checkpoint: Sender<()>,
+    /// Held, never read: the data-folder lock lives exactly as long as the writer, so it
+    /// is released only after the last commit.
+    pub _lock: File,
+    /// Tests only: one message per batch lets a test queue jobs and then release them as one
+    /// batch. Always `None` in the server.
+    pub gate: Option<Receiver<()>>,
+}
+
+/// Why a job did not produce an outcome.
+enum Fail {
+    /// Refused before writing anything: answer the job, keep the batch.
+    Rejected(StoreError),
+    /// SQLite failed: the transaction is in an unknown state and must be rolled back.
+    Sql(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for Fail {
+    fn from(e: rusqlite::Error) -> Self {
+        Fail::Sql(e)
+    }
+}
+
+impl Writer {
+    pub(crate) fn run(mut self) {
+        let mut batch: Vec<Job> = Vec::new();
+        let mut outcomes: Vec<Result<Outcome, StoreError>> = Vec::new();
+        // `recv` fails only once every sender is gone and the queue is empty: the store is
+        // shutting down and every accepted job has been answered.
+        while let Ok(first) = self.jobs.recv() {
+            if let Some(gate) = &self.gate {
+                if gate.recv().is_err() {
+                    self.gate = None;
+                }
+            }
+            batch.push(first);
+            while batch.len() < self.max_batch {
+                match self.jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.run_batch(&batch, &mut outcomes);
+            for (job, outcome) in batch.drain(..).zip(outcomes.drain(..)) {
+                // Only fails when every receiver is gone; the commit stands either way.
+                let _ = self.done.send(complete(job, outcome));
+            }
+            (self.notify)();
+        }
+    }
+
+    /// Fills `out` with one outcome per job, all committed (or failed) when it returns.
+    fn run_batch(&mut self, batch: &[Job], out: &mut Vec<Result<Outcome, StoreError>>) {
+        let started = Instant::now();
+        match self.transaction(batch, out) {
+            Ok(()) => self.committed(batch.len(), &out[..], started),
+            Err(e) => {
+                self.abort();
+                if batch.len() == 1 {
+                    out.push(Err(sql(e)));
+                    self.counters.failed(1);
+                    return;
+                }
+                for job in batch {
+                    let started = Instant::now();
+                    let base = out.len();
+                    match self.transaction(std::slice::from_ref(job), out) {
+                        Ok(()) => self.committed(1, &out[base..], started),
+                        Err(e) => {
+                            self.abort();
+                            out.push(Err(sql(e)));
+                            self.counters.failed(1);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs `jobs` in one transaction and commits. On `Err`, `out` is as it was on entry
+    /// and the transaction may still be open: the caller calls [`abort`](Self::abort).
+    fn transaction(
+        &mut self,
+        jobs: &[Job],
+        out: &mut Vec<Result<Outcome, StoreError>>,
+    ) -> rusqlite::Result<()> {
+        let base = out.len();
+        let result = (|| {
+            // IMMEDIATE takes the write lock up front, so a batch never fails half-way on
+            // a lock upgrade.
+            self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+            for job in jobs {
+                match apply(&self.conn, &mut self.users, job) {
+                    Ok(outcome) => out.push(Ok(outcome)),
+                    Err(Fail::Rejected(e)) => out.push(Err(e)),
+                    Err(Fail::Sql(e)) => return Err(e),
+                }
+            }
+            self.users.flush(&self.conn)?;
+            self.conn.prepare_cached("COMMIT")?.execute([])?;
+            Ok(())
+        })();
+        if result.is_err() {
+            out.truncate(base);
+        }
+        result
+    }
+
+    fn committed(
+        &mut self,
+        jobs: usize,
+        outcomes: &[Result<Outcome, StoreError>],
+        started: Instant,
+    ) {
+        self.users.commit();
+        let _ = self.checkpoint.try_send(());
+        let ok = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
+        let failed = outcomes.len() as u64 - ok;
+        self.counters.committed(jobs, ok, failed, started.elapsed());
+    }
+
+    /// Rolls the open transaction back, if SQLite has not already, and forgets the heads
+    /// it had assigned.
+    fn abort(&mut self) {
+        if !self.conn.is_autocommit() {
+            // A failing ROLLBACK leaves nothing better to do: SQLite rolls back on its own
+            // when it cannot continue a transaction, and the next BEGIN reports the rest.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        self.users.rollback();
+        self.counters.rolled_back();
+    }
+}
+
+/// One job inside the open transaction.
+fn apply(conn: &Connection, users: &mut Users, job: &Job) -> Result<Outcome, Fail> {
+    match job {
+        Job::Send {
+            sender,
+            cid,
+            to,
+            body,
+            kind,
+            ts,
+            ..
+        } => send(conn, users, sender, cid, to, body, kind, *ts),
+        Job::Page { .. } => Err(Fail::Rejected(StoreError::Internal(
+            "read job routed to the writer".into(),
+        ))),
+    }
+}
+
+// Each argument is a field of `Job::Send`; bundling them in a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
+fn send(
+    conn: &Connection,
+    users: &mut Users,
+    sender: &str,
+    cid: &str,
+    to: &str,
+    body: &str,
+    kind: &str,
+    ts: u64,
+) -> Result<Outcome, Fail> {
+    // Validate before the first write, so a refusal needs no rollback.
+    let ts =
+        i64::try_from(ts).map_err(|_| Fail::Rejected(StoreError::Invalid("ts out of range")))?;
+    if sender.is_empty() || to.is_empty() {
+        return Err(Fail::Rejected(StoreError::Invalid("empty user id")));
+    }
+    let s = users.get_or_create(conn, sender)?;
+    let sender_seq = users.head(s) + 1;
+    let conv = dm_conv(sender, to);
+    // The UNIQUE(sender, cid) index answers "seen before?" as part of the insert itself,
+    // so a new message (the common case) costs no lookup of its own.
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO messages(conv, sender, cid, kind, body, ts, sender_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT(sender, cid) DO NOTHING",
+        )?
+        .execute(params![
+            conv,
+            users.uid(s),
+            cid,
+            kind,
+            body,
+            ts,
+            sender_seq as i64
+        ])?;
+    if inserted == 0 {
+        // A resend: answer with the original, whatever this copy says.
+        let original = conn
+            .prepare_cached(
+                "SELECT mid, conv, ts, sender_seq, kind, body FROM messages
+                 WHERE sender = ?1 AND cid = ?2",
+            )?
+            .query_row(params![users.uid(s), cid], |row| {
+                Ok(Outcome::Duplicate {
+                    mid: get_u64(row, 0)?,
+                    conv: row.get(1)?,
+                    ts: get_u64(row, 2)?,
+                    sender_seq: get_u64(row, 3)?,
+                    kind: row.get(4)?,
+                    body: row.get(5)?,
+                })
+            })
+            .optional()?;
+        return original.ok_or_else(|| {
+            Fail::Rejected(StoreError::Internal("conflicting message not found".into()))
+        });
+    }
+    let mid = conn.last_insert_rowid();
+    let mut inbox = conn.prepare_cached("INSERT INTO inbox(uid, seq, mid) VALUES (?1, ?2, ?3)")?;
+    users.bump(s);
+    inbox.execute(params![users.uid(s), sender_seq as i64, mid])?;
+    let recipient_seq = if to == sender {
+        // A note to self: the sender's entry is the delivery.
+        None
+    } else {
+        let r = users.get_or_create(conn, to)?;
+        let seq = users.bump(r);
+        inbox.execute(params![users.uid(r), seq as i64, mid])?;
+        Some(seq)
+    };
+    Ok(Outcome::Sent {
+        mid: mid as u64,
+        conv,
+        sender_seq,
+        recipient_seq,
+    })
+}
+
+/// Every user's uid and inbox head, authoritative because the writer is the only writer
+/// (the folder lock enforces it). Seq assignment is a lookup and an increment.
+///
+/// Heads are written to `users.head` once per touched user at the end of a batch instead of
+/// once per entry: a batch where one user receives 500 messages writes that row once.
+/// Each user carries the head of the last commit beside the working one, so a rollback
+/// restores exactly the users the batch touched, without reloading anything.
+pub(crate) struct Users {
+    by_name: HashMap<Box<str>, u32>,
+    users: Vec<User>,
+    /// Indexes of the users whose head moved in the open transaction, each once.
+    touched: Vec<u32>,
+    /// Names added in the open transaction: `users[committed_len..]`.
+    created: Vec<Box<str>>,
+    committed_len: usize,
+    next_uid: i64,
+    committed_next_uid: i64,
+}
+
+struct User {
+    uid: i64,
+    head: u64,
+    committed: u64,
+}
+
+impl Users {
+    pub(crate) fn new(rows: Vec<UserRow>) -> Users {
+        let mut by_name = HashMap::with_capacity(rows.len());
+        let mut users = Vec::with_capacity(rows.len());
+        let mut next_uid = 1;
+        for row in rows {
+            next_uid = next_uid.max(row.uid + 1);
+            by_name.insert(row.name.into_boxed_str(), users.len() as u32);
+            users.push(User {
+                uid: row.uid,
+                head: row.head,
+                committed: row.head,
+            });
+        }
+        Users {
+            by_name,
+            committed_len: users.len(),
+            users,
+            touched: Vec::new(),
+            created: Vec::new(),
+            next_uid,
+            committed_next_uid: next_uid,
+        }
+    }
+
+    /// The user's index, inserting a row for a user never seen before. The row starts at
+    /// head 0 and gets its real head from [`flush`](Self::flush) with the others; uids are
+    /// handed out here rather than by SQLite so the insert needs no read-back.
+    fn get_or_create(&mut self, conn: &Connection, name: &str) -> rusqlite::Result<u32> {
+        if let Some(&i) = self.by_name.get(name) {
+            return Ok(i);
+        }
+        let uid = self.next_uid;
+        conn.prepare_cached("INSERT INTO users(uid, name, head) VALUES (?1, ?2, 0)")?
+            .execute(params![uid, name])?;
+        self.next_uid += 1;
+        let i = self.users.len() as u32;
+        self.users.push(User {
+            uid,
+            head: 0,
+            committed: 0,
+        });
+        let name: Box<str> = name.into();
+        self.created.push(name.clone());
+        self.by_name.insert(name, i);
+        Ok(i)
+    }
+
+    fn uid(&self, i: u32) -> i64 {
+        self.users[i as usize].uid
+    }
+
+    fn head(&self, i: u32) -> u64 {
+        self.users[i as usize].head
+    }
+
+    /// Assigns the user's next seq.
+    fn bump(&mut self, i: u32) -> u64 {
+        let user = &mut self.users[i as usize];
+        if user.head == user.committed {
+            self.touched.push(i);
+        }
+        user.head += 1;
+        user.head
+    }
+
+    fn flush(&self, conn: &Connection) -> rusqlite::Result<()> {
+        let mut update = conn.prepare_cached("UPDATE users SET head = ?1 WHERE uid = ?2")?;
+        for &i in &self.touched {
+            let user = &self.users[i as usize];
+            update.execute(params![user.head as i64, user.uid])?;
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self) {
+        for &i in &self.touched {
+            let user = &mut self.users[i as usize];
+            user.committed = user.head;
+        }
+        self.touched.clear();
+        self.created.clear();
+        self.committed_len = self.users.len();
+        self.committed_next_uid = self.next_uid;
+    }
+
+    fn rollback(&mut self) {
+        for &i in &self.touched {
+            if let Some(user) = self.users.get_mut(i as usize) {
+                user.head = user.committed;
+            }
+        }
+        self.touched.clear();
+        for name in self.created.drain(..) {
+            self.by_name.remove(&name);
+        }
+        self.users.truncate(self.committed_len);
+        self.next_uid = self.committed_next_uid;
+    }
+}
