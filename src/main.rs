@@ -88,11 +88,15 @@ fn echo(args: &[String]) -> Result<(), String> {
         .map_err(|e| format!("reading the open-file limit: {e}"))?;
     let config = NetConfig::from_values(&values, open_files)?;
     let listen = config.listen;
-    courier::net::run(config, |_| Ok(courier::echo::Echo), |addr| {
-        let mut stdout = std::io::stdout().lock();
-        let _ = writeln!(stdout, "listening on {addr}");
-        let _ = stdout.flush();
-    })
+    courier::net::run(
+        config,
+        |_| Ok(courier::echo::Echo),
+        |addr| {
+            let mut stdout = std::io::stdout().lock();
+            let _ = writeln!(stdout, "listening on {addr}");
+            let _ = stdout.flush();
+        },
+    )
     .map_err(|e| format!("echo on {listen}: {e}"))
 }
 
@@ -122,9 +126,11 @@ fn serve(args: &[String]) -> Result<(), String> {
     let dev_login = values.switch("dev-login")?;
     let secret = match (values.raw("jwt-secret"), dev_login) {
         ("", false) => {
-            return Err("no token secret: set --jwt-secret or COURIER_JWT_SECRET (32+ random \
+            return Err(
+                "no token secret: set --jwt-secret or COURIER_JWT_SECRET (32+ random \
                  bytes, e.g. `openssl rand -hex 32`), or try it locally with --dev-login on"
-                .into())
+                    .into(),
+            )
         }
         ("", true) => {
             eprintln!(
@@ -161,7 +167,11 @@ fn serve(args: &[String]) -> Result<(), String> {
     store.synchronous = match values.raw("synchronous") {
         "normal" => Synchronous::Normal,
         "full" => Synchronous::Full,
-        other => return Err(format!("--synchronous: expected normal or full, got '{other}'")),
+        other => {
+            return Err(format!(
+                "--synchronous: expected normal or full, got '{other}'"
+            ))
+        }
     };
     let config = ServeConfig {
         store,
@@ -175,10 +185,7 @@ fn serve(args: &[String]) -> Result<(), String> {
     // then commits what it accepted and stops its threads.
     let result = courier::net::run(
         net,
-        |waker| {
-            Server::open(config, waker, 0)
-                .map_err(std::io::Error::other)
-        },
+        |waker| Server::open(config, waker, 0).map_err(std::io::Error::other),
         |addr| {
             let mut stdout = std::io::stdout().lock();
             let _ = writeln!(stdout, "listening on {addr}");
@@ -196,7 +203,9 @@ fn token(args: &[String]) -> Result<(), String> {
         return Err(format!("expected one USER\n\n{TOKEN_USAGE}"));
     };
     if !courier::im::auth::valid_user_id(user) {
-        return Err(format!("'{user}' is not a user id: 1 to 64 of [A-Za-z0-9_.-]"));
+        return Err(format!(
+            "'{user}' is not a user id: 1 to 64 of [A-Za-z0-9_.-]"
+        ));
     }
     let secret = values.raw("jwt-secret");
     if secret.is_empty() {
@@ -204,7 +213,10 @@ fn token(args: &[String]) -> Result<(), String> {
     }
     let ttl = values.millis("ttl")? / 1000;
     let now = courier::clock::wall_ms() / 1000;
-    println!("{}", courier::im::auth::issue(user, ttl, secret.as_bytes(), now));
+    println!(
+        "{}",
+        courier::im::auth::issue(user, ttl, secret.as_bytes(), now)
+    );
     Ok(())
 }
 

@@ -82,7 +82,9 @@ impl Server {
                 Action::Send { conn, text } => {
                     out.send(ConnId::from_u64(conn), OpCode::Text, &text);
                 }
-                Action::Close { conn, code, reason } => out.close(ConnId::from_u64(conn), code, reason),
+                Action::Close { conn, code, reason } => {
+                    out.close(ConnId::from_u64(conn), code, reason)
+                }
                 Action::Store(job) => {
                     let refused = match &self.store {
                         Some(store) => store.submit(job).err(),
@@ -140,7 +142,10 @@ impl Service for Server {
                 respond_json(out, 200, "OK", &body);
             }
             "/dev/token" if self.dev_login => {
-                match request.query_param("user").filter(|u| auth::valid_user_id(u)) {
+                match request
+                    .query_param("user")
+                    .filter(|u| auth::valid_user_id(u))
+                {
                     Some(user) => {
                         let now = clock::wall_ms() / 1000;
                         let token = auth::issue(user, 24 * 3600, &self.secret, now);
@@ -173,7 +178,10 @@ impl Service for Server {
         _peer: SocketAddr,
         response: &mut Vec<u8>,
     ) -> Admission {
-        let protocol = upgrade.protocols().any(|p| p == SUBPROTOCOL).then_some(SUBPROTOCOL);
+        let protocol = upgrade
+            .protocols()
+            .any(|p| p == SUBPROTOCOL)
+            .then_some(SUBPROTOCOL);
         match request.path() {
             "/ws" => match self.authenticate(request) {
                 Ok(user) => {
@@ -214,7 +222,8 @@ impl Service for Server {
     fn opened(&mut self, conn: ConnId, out: &mut Out<'_>) {
         if let Some(user) = self.admitted.remove(&conn) {
             let now = Self::now(out);
-            self.hub.connect(conn.to_u64(), &user, now, &mut self.actions);
+            self.hub
+                .connect(conn.to_u64(), &user, now, &mut self.actions);
             self.apply(out);
         }
     }
@@ -225,11 +234,16 @@ impl Service for Server {
             return;
         }
         if opcode != OpCode::Text {
-            out.close(conn, UNSUPPORTED_DATA, "binary frames are not part of the protocol");
+            out.close(
+                conn,
+                UNSUPPORTED_DATA,
+                "binary frames are not part of the protocol",
+            );
             return;
         }
         let now = Self::now(out);
-        self.hub.message(conn.to_u64(), payload, now, &mut self.actions);
+        self.hub
+            .message(conn.to_u64(), payload, now, &mut self.actions);
         self.apply(out);
     }
 

@@ -319,7 +319,14 @@ impl Hub {
                 Err(bad) => (bad.rid, None),
             };
             let message = "too many requests: slow down";
-            error(out, conn, rid.as_deref(), cid.as_deref(), ErrorCode::RateLimited, message);
+            error(
+                out,
+                conn,
+                rid.as_deref(),
+                cid.as_deref(),
+                ErrorCode::RateLimited,
+                message,
+            );
             return;
         }
         session.strikes = 0;
@@ -350,7 +357,14 @@ impl Hub {
                     if let Some(Read::Sync { rid, .. }) = session.queued_sync.replace(read) {
                         // A newer sync supersedes one that never started.
                         let message = "superseded by a later sync";
-                        error(out, conn, rid.as_deref(), None, ErrorCode::BadRequest, message);
+                        error(
+                            out,
+                            conn,
+                            rid.as_deref(),
+                            None,
+                            ErrorCode::BadRequest,
+                            message,
+                        );
                     }
                 } else {
                     self.start_read(conn, read, out);
@@ -380,7 +394,14 @@ impl Hub {
                 return error(out, conn, rid_ref, cid, ErrorCode::BadRequest, message);
             }
             Some(("group", _)) => {
-                return error(out, conn, rid_ref, cid, ErrorCode::NotFound, "no such group");
+                return error(
+                    out,
+                    conn,
+                    rid_ref,
+                    cid,
+                    ErrorCode::NotFound,
+                    "no such group",
+                );
             }
             _ => {
                 let message = "`to` is user:<id> or group:<gid>";
@@ -425,14 +446,28 @@ impl Hub {
         match self.pending.remove(&tag) {
             Some(Pending::Send { conn, rid, cid }) => {
                 let message = "the server is busy: send again";
-                error(out, conn, rid.as_deref(), Some(&cid), ErrorCode::Unavailable, message);
+                error(
+                    out,
+                    conn,
+                    rid.as_deref(),
+                    Some(&cid),
+                    ErrorCode::Unavailable,
+                    message,
+                );
             }
             Some(Pending::Read { conn, read }) => {
                 if let Some(session) = self.sessions.get_mut(&conn) {
                     session.reading = false;
                     if let Read::Sync { rid, .. } = read {
                         let message = "the server is busy: sync again";
-                        error(out, conn, rid.as_deref(), None, ErrorCode::Unavailable, message);
+                        error(
+                            out,
+                            conn,
+                            rid.as_deref(),
+                            None,
+                            ErrorCode::Unavailable,
+                            message,
+                        );
                     }
                     // A catch-up or re-push is tried again on the next ack, commit or timer.
                 }
@@ -449,7 +484,9 @@ impl Hub {
             return;
         }
         let freed = (seq - session.acked) as usize;
-        session.pushed_at.drain(..freed.min(session.pushed_at.len()));
+        session
+            .pushed_at
+            .drain(..freed.min(session.pushed_at.len()));
         if session.pushed_at.is_empty() {
             session.pushed_at = VecDeque::new();
         }
@@ -469,7 +506,14 @@ impl Hub {
                     Ok(sent) => self.committed(conn, rid, sent, now, out),
                     Err(e) => {
                         let message = store_failure(&e);
-                        error(out, conn, rid.as_deref(), Some(&cid), ErrorCode::Internal, message);
+                        error(
+                            out,
+                            conn,
+                            rid.as_deref(),
+                            Some(&cid),
+                            ErrorCode::Internal,
+                            message,
+                        );
                     }
                 }
             }
@@ -618,7 +662,10 @@ impl Hub {
             Read::Sync { after, limit, .. } => (*after, u64::from(*limit)),
             Read::CatchUp => {
                 let room = window.saturating_sub(session.in_window());
-                (session.delivered, room.min(u64::from(protocol::MAX_SYNC_PAGE)))
+                (
+                    session.delivered,
+                    room.min(u64::from(protocol::MAX_SYNC_PAGE)),
+                )
             }
             Read::Repush => (session.acked, session.in_window()),
         };
@@ -652,7 +699,14 @@ impl Hub {
             Err(e) => {
                 if let Read::Sync { rid, .. } = read {
                     let message = store_failure(&e);
-                    error(out, conn, rid.as_deref(), None, ErrorCode::Internal, message);
+                    error(
+                        out,
+                        conn,
+                        rid.as_deref(),
+                        None,
+                        ErrorCode::Internal,
+                        message,
+                    );
                 } else {
                     // Without its read this connection cannot go on in order; the client
                     // reconnects and syncs.

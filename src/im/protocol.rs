@@ -221,10 +221,12 @@ mod tests {
         assert!(matches!(req, Request::Ping));
         assert_eq!(rid.unwrap().get(), "7");
         let (req, rid) =
-            parse(br#"{"rid":"a","type":"send","cid":"c1","to":"user:bob","body":"hi"}"#)
-                .unwrap();
+            parse(br#"{"rid":"a","type":"send","cid":"c1","to":"user:bob","body":"hi"}"#).unwrap();
         let Request::Send(send) = req else { panic!() };
-        assert_eq!((send.cid.as_str(), send.to.as_str(), send.body.as_str()), ("c1", "user:bob", "hi"));
+        assert_eq!(
+            (send.cid.as_str(), send.to.as_str(), send.body.as_str()),
+            ("c1", "user:bob", "hi")
+        );
         assert_eq!(send.kind, "text");
         assert_eq!(rid.unwrap().get(), r#""a""#);
     }
@@ -232,7 +234,8 @@ mod tests {
     #[test]
     fn a_sender_in_the_body_is_not_a_field_of_send() {
         let (req, _) =
-            parse(br#"{"type":"send","from":"mallory","cid":"c","to":"user:b","body":"x"}"#).unwrap();
+            parse(br#"{"type":"send","from":"mallory","cid":"c","to":"user:b","body":"x"}"#)
+                .unwrap();
         let Request::Send(send) = req else { panic!() };
         assert_eq!(send.to, "user:b");
     }
@@ -240,7 +243,13 @@ mod tests {
     #[test]
     fn sync_limit_is_clamped_and_after_defaults_to_zero() {
         let (req, _) = parse(br#"{"type":"sync","limit":100000}"#).unwrap();
-        assert!(matches!(req, Request::Sync { after: 0, limit: MAX_SYNC_PAGE }));
+        assert!(matches!(
+            req,
+            Request::Sync {
+                after: 0,
+                limit: MAX_SYNC_PAGE
+            }
+        ));
         let (req, _) = parse(br#"{"type":"sync","after":5,"limit":0}"#).unwrap();
         assert!(matches!(req, Request::Sync { after: 5, limit: 1 }));
     }
@@ -256,9 +265,15 @@ mod tests {
         let e = bad(r#"{"type":"ack","rid":3,"seq":"no"}"#);
         assert!(e.message.starts_with("bad `ack` request"), "{}", e.message);
         assert_eq!(e.rid.unwrap().get(), "3");
-        assert!(bad(r#"{"type":"ack","seq":-1}"#).message.starts_with("bad `ack`"));
-        assert!(bad(r#"{"type":"send","cid":"c","to":"user:b"}"#).message.contains("body"));
-        assert!(bad(r#"{"type":"ping","rid":{"a":1}}"#).message.contains("rid"));
+        assert!(bad(r#"{"type":"ack","seq":-1}"#)
+            .message
+            .starts_with("bad `ack`"));
+        assert!(bad(r#"{"type":"send","cid":"c","to":"user:b"}"#)
+            .message
+            .contains("body"));
+        assert!(bad(r#"{"type":"ping","rid":{"a":1}}"#)
+            .message
+            .contains("rid"));
     }
 
     #[test]

@@ -65,7 +65,10 @@ impl Out<'_> {
     /// connection is gone: what a service consults before piling more onto a slow reader.
     pub fn backlog(&self, conn: ConnId) -> Option<usize> {
         if Some(conn) == self.current {
-            let queued = self.conns.get(conn.index as usize).map_or(0, |c| c.unsent.len());
+            let queued = self
+                .conns
+                .get(conn.index as usize)
+                .map_or(0, |c| c.unsent.len());
             return Some(queued + self.scratch.len());
         }
         let target = self.conns.get(conn.index as usize)?;

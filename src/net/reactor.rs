@@ -168,8 +168,9 @@ impl<S: Service> Reactor<S> {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let timeout = deadline
-                .map(|deadline| Duration::from_millis(deadline.saturating_sub(self.clock.now_ms())));
+            let timeout = deadline.map(|deadline| {
+                Duration::from_millis(deadline.saturating_sub(self.clock.now_ms()))
+            });
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -202,7 +203,11 @@ impl<S: Service> Reactor<S> {
             while let Some((_, key)) = self.wheel.poll(self.now) {
                 self.on_timer(key);
             }
-            if self.service.next_deadline().is_some_and(|at| at <= self.now) {
+            if self
+                .service
+                .next_deadline()
+                .is_some_and(|at| at <= self.now)
+            {
                 self.with_service(None, |service, out| service.on_time(out));
             }
             // One write per connection per wake-up, however many messages it was sent.
@@ -321,7 +326,19 @@ impl<S: Service> Reactor<S> {
             let conn = &mut self.conns[id.index as usize];
             if conn.unsent.len() + self.scratch.len() > self.config.out_soft_cap {
                 conn.read_blocked = true;
-                break;
+                // If the kernel takes all of it, no WRITABLE event will come to resume
+                // reading (edge-triggered: the queued input will not be reported again),
+                // so resume here.
+                self.flush(id);
+                match self.conns.get(id.index as usize) {
+                    Some(conn)
+                        if conn.generation == id.generation
+                            && conn.unsent.len() <= self.config.out_soft_cap =>
+                    {
+                        continue
+                    }
+                    _ => return,
+                }
             }
             conn.read_blocked = false;
             let read = match conn.socket.read(&mut self.read_buf) {

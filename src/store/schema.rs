@@ -132,7 +132,11 @@ fn configure_writer(conn: &Connection, synchronous: Synchronous) -> rusqlite::Re
     conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
     conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
     // Checkpoints belong to the checkpointer thread; this is only its backstop.
-    conn.pragma_update(None, "wal_autocheckpoint", checkpoint::WRITER_BACKSTOP_PAGES)?;
+    conn.pragma_update(
+        None,
+        "wal_autocheckpoint",
+        checkpoint::WRITER_BACKSTOP_PAGES,
+    )?;
     Ok(())
 }
 
