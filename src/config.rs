@@ -95,6 +95,11 @@ pub const SERVE_FLAGS: &[Flag] = &[
         help: "pushed-but-unacked messages per connection before pushing pauses",
     },
     Flag {
+        name: "ack-window-bytes",
+        default: "1MiB",
+        help: "the same in bytes; also the most one sync page sends at once",
+    },
+    Flag {
         name: "max-body",
         default: "16KiB",
         help: "largest message body (error too_large above it)",

@@ -4,6 +4,7 @@
 //! out. `net` is the one place that owns sockets; `clock` the one place that reads time.
 //! See ARCHITECTURE.md for the data flow.
 
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod echo;

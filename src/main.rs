@@ -158,6 +158,7 @@ fn serve(args: &[String]) -> Result<(), String> {
             .map_err(|_| "--ack-retries is too large")?,
         ack_retry_interval_ms: values.millis("ack-retry-interval")?,
         window: values.count("ack-window")?.max(1),
+        window_bytes: (values.bytes("ack-window-bytes")? as u64).max(1),
         max_body: values.bytes("max-body")?,
         rate_per_sec: rate.max(1),
         rate_burst: rate.saturating_mul(2).max(1),

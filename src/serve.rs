@@ -92,7 +92,7 @@ impl Server {
                     };
                     if let Some(job) = refused {
                         let mut more = Vec::new();
-                        self.hub.store_refused(job, &mut more);
+                        self.hub.store_refused(job, Self::now(out), &mut more);
                         self.actions.extend(more);
                     }
                 }

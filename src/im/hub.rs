@@ -24,6 +24,14 @@ use super::protocol::{self, ErrorCode, Msg, Reply, Request, Rid, MAX_CID};
 use crate::store::{Completion, Entry, Job, Page, Sent, StoreError};
 use crate::timer::{TimerId, Wheel};
 
+/// Sends one connection may have waiting behind its `sync`: past this they are refused as
+/// `unavailable`, so a client that floods during a sync cannot grow the hub's memory.
+const MAX_HELD: usize = 256;
+
+/// How long after the store refused a catch-up or re-push read (its queue was full) the
+/// read is tried again.
+const STORE_RETRY_MS: u64 = 50;
+
 /// A connection as the reactor names it (unique for the life of the process).
 pub type ConnKey = u64;
 
@@ -41,6 +49,9 @@ pub struct HubConfig {
     pub ack_retry_interval_ms: u64,
     /// Pushed-but-unacked entries per connection before pushing pauses.
     pub window: u64,
+    /// The same in bytes of JSON; also the most one sync page puts out at once. With
+    /// `window` it bounds what one connection can have queued in the server.
+    pub window_bytes: u64,
     /// Largest message body, in bytes.
     pub max_body: usize,
     /// Requests per second a connection may make on average, and in a burst.
@@ -58,6 +69,7 @@ impl Default for HubConfig {
             ack_retries: 2,
             ack_retry_interval_ms: 2_000,
             window: 256,
+            window_bytes: 1 << 20,
             max_body: 16 * 1024,
             rate_per_sec: 200,
             rate_burst: 400,
@@ -110,20 +122,42 @@ enum Read {
     Repush,
 }
 
+/// One entry pushed to a connection and not acked yet.
+struct Pushed {
+    /// When it was pushed; `None` for the sender's own entry answered by `sent`, which is
+    /// a reply, not a push: it needs no ack and is never re-pushed on its own account.
+    at: Option<u64>,
+    bytes: u32,
+}
+
 struct Session {
     user: Rc<str>,
     delivered: u64,
     acked: u64,
-    /// When each entry in (acked, delivered] was pushed, oldest first.
-    pushed_at: VecDeque<u64>,
+    /// The entries in (acked, delivered], oldest first, and their bytes in total.
+    unacked: VecDeque<Pushed>,
+    unacked_bytes: u64,
     /// Re-pushes since the last progress of `acked`, and when the last one went out.
     retries: u32,
     last_repush: u64,
-    timer: Option<TimerId>,
+    /// The highest seq this client acked on this connection (it may run ahead of what a
+    /// late sync page would otherwise set `acked` to).
+    client_acked: u64,
+    /// A catch-up or re-push the store refused is tried again at this time.
+    read_retry_at: Option<u64>,
+    /// The pending timer and when it fires.
+    timer: Option<(TimerId, u64)>,
     /// A read is in flight for this connection; its completion moves `delivered`.
     reading: bool,
-    /// A `sync` that arrived while a read was in flight.
+    /// A `sync` that waits for this connection's reads and sends in flight to finish.
     queued_sync: Option<Read>,
+    /// A client `sync` is queued or in flight: sends that arrive meanwhile wait in `held`,
+    /// so requests are answered in the order they came (a send before a sync gets its
+    /// `sent` before the `synced`, a send after it after).
+    syncing: bool,
+    held: VecDeque<(protocol::Send, Option<Rid>)>,
+    /// `send` jobs submitted and not yet answered by the store.
+    sends_in_flight: u32,
     repush_wanted: bool,
     /// The last sync page was not the end: live pushes wait for the client's next sync,
     /// which would otherwise see them as a gap.
@@ -161,12 +195,18 @@ impl Session {
             user,
             delivered: head,
             acked: head,
-            pushed_at: VecDeque::new(),
+            unacked: VecDeque::new(),
+            unacked_bytes: 0,
             retries: 0,
             last_repush: 0,
+            client_acked: 0,
+            read_retry_at: None,
             timer: None,
             reading: false,
             queued_sync: None,
+            syncing: false,
+            held: VecDeque::new(),
+            sends_in_flight: 0,
             repush_wanted: false,
             paused: false,
             closing: false,
@@ -179,10 +219,18 @@ impl Session {
         self.delivered - self.acked
     }
 
+    /// When the connection next needs the timer: an ack deadline or a read to retry.
+    fn due(&self, config: &HubConfig) -> Option<u64> {
+        match (self.ack_due(config), self.read_retry_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// When the oldest unacked entry next needs attention: its first timeout, or one retry
     /// interval after the last re-push. `None` when nothing is unacked.
-    fn due(&self, config: &HubConfig) -> Option<u64> {
-        let first_push = *self.pushed_at.front()?;
+    fn ack_due(&self, config: &HubConfig) -> Option<u64> {
+        let first_push = self.unacked.front()?.at?;
         Some(if self.retries == 0 {
             first_push + config.ack_timeout_ms
         } else {
@@ -190,11 +238,43 @@ impl Session {
         })
     }
 
-    /// Records that `seq` (the next one) went out at `now`.
-    fn pushed(&mut self, seq: u64, now: u64) {
+    /// Records that `seq` (the next one) went out at `now`, `bytes` long.
+    fn pushed(&mut self, seq: u64, now: u64, bytes: usize) {
         debug_assert_eq!(seq, self.delivered + 1);
         self.delivered = seq;
-        self.pushed_at.push_back(now);
+        self.unacked.push_back(Pushed {
+            at: Some(now),
+            bytes: bytes as u32,
+        });
+        self.unacked_bytes += bytes as u64;
+    }
+
+    fn has_room(&self, config: &HubConfig) -> bool {
+        self.in_window() < config.window && self.unacked_bytes < config.window_bytes
+    }
+
+    /// The client holds everything up to `seq`.
+    fn acked_to(&mut self, seq: u64) {
+        while self.acked < seq {
+            let Some(entry) = self.unacked.pop_front() else {
+                break;
+            };
+            self.unacked_bytes -= u64::from(entry.bytes);
+            self.acked += 1;
+        }
+        self.acked = self.acked.max(seq);
+        self.settle();
+    }
+
+    /// Entries that need no ack count as acked once everything before them is.
+    fn settle(&mut self) {
+        while self.unacked.front().is_some_and(|e| e.at.is_none()) {
+            self.unacked.pop_front();
+            self.acked += 1;
+        }
+        if self.unacked.is_empty() {
+            self.unacked = VecDeque::new();
+        }
     }
 }
 
@@ -288,7 +368,7 @@ impl Hub {
         let Some(session) = self.sessions.remove(&conn) else {
             return;
         };
-        if let Some(timer) = session.timer {
+        if let Some((timer, _)) = session.timer {
             self.timers.cancel(timer);
         }
         if let Some(user) = self.users.get_mut(&*session.user) {
@@ -302,35 +382,33 @@ impl Hub {
         let Some(session) = self.sessions.get_mut(&conn) else {
             return;
         };
-        if !session.bucket.take(&self.config, now.mono) {
-            session.strikes += 1;
-            if session.strikes > self.config.rate_strikes {
-                session.closing = true;
-                out.push(Action::Close {
-                    conn,
-                    code: POLICY,
-                    reason: "request flood",
-                });
-                return;
+        let parsed = protocol::parse(text);
+        // Acks cost nothing to serve, and refusing one would only bring a re-push of what
+        // it acknowledges: they are not rate-limited.
+        let exempt = matches!(parsed, Ok((Request::Ack { .. }, _)));
+        if !exempt {
+            if !session.bucket.take(&self.config, now.mono) {
+                session.strikes += 1;
+                if session.strikes > self.config.rate_strikes {
+                    session.closing = true;
+                    out.push(Action::Close {
+                        conn,
+                        code: POLICY,
+                        reason: "request flood",
+                    });
+                    return;
+                }
+                let (rid, cid) = match &parsed {
+                    Ok((Request::Send(send), rid)) => (rid.as_deref(), Some(send.cid.as_str())),
+                    Ok((_, rid)) => (rid.as_deref(), None),
+                    Err(bad) => (bad.rid.as_deref(), None),
+                };
+                let message = "too many requests: slow down";
+                return error(out, conn, rid, cid, ErrorCode::RateLimited, message);
             }
-            let (rid, cid) = match protocol::parse(text) {
-                Ok((Request::Send(send), rid)) => (rid, Some(send.cid)),
-                Ok((_, rid)) => (rid, None),
-                Err(bad) => (bad.rid, None),
-            };
-            let message = "too many requests: slow down";
-            error(
-                out,
-                conn,
-                rid.as_deref(),
-                cid.as_deref(),
-                ErrorCode::RateLimited,
-                message,
-            );
-            return;
+            session.strikes = 0;
         }
-        session.strikes = 0;
-        let (request, rid) = match protocol::parse(text) {
+        let (request, rid) = match parsed {
             Ok(parsed) => parsed,
             Err(bad) => {
                 let rid = bad.rid.as_deref();
@@ -345,30 +423,43 @@ impl Hub {
                 };
                 reply(out, conn, &pong);
             }
+            Request::Send(send) if session.syncing => {
+                if session.held.len() < MAX_HELD {
+                    session.held.push_back((send, rid));
+                } else {
+                    let message = "too many sends waiting behind a sync: send again";
+                    let cid = Some(send.cid.as_str());
+                    error(
+                        out,
+                        conn,
+                        rid.as_deref(),
+                        cid,
+                        ErrorCode::Unavailable,
+                        message,
+                    );
+                }
+            }
             Request::Send(send) => self.send(conn, send, rid, now, out),
             Request::Ack { seq } => {
                 self.ack(conn, seq, out);
                 ok(out, conn, rid.as_deref());
             }
             Request::Sync { after, limit } => {
-                let session = self.sessions.get_mut(&conn).expect("checked above");
                 let read = Read::Sync { rid, after, limit };
-                if session.reading {
-                    if let Some(Read::Sync { rid, .. }) = session.queued_sync.replace(read) {
-                        // A newer sync supersedes one that never started.
-                        let message = "superseded by a later sync";
-                        error(
-                            out,
-                            conn,
-                            rid.as_deref(),
-                            None,
-                            ErrorCode::BadRequest,
-                            message,
-                        );
-                    }
-                } else {
-                    self.start_read(conn, read, out);
+                session.syncing = true;
+                if let Some(Read::Sync { rid, .. }) = session.queued_sync.replace(read) {
+                    // A newer sync supersedes one that never started.
+                    let message = "superseded by a later sync";
+                    error(
+                        out,
+                        conn,
+                        rid.as_deref(),
+                        None,
+                        ErrorCode::BadRequest,
+                        message,
+                    );
                 }
+                self.pump(conn, out);
             }
         }
     }
@@ -416,7 +507,9 @@ impl Hub {
             let message = "`kind` is 1 to 16 of [a-z_], and not one the server reserves";
             return error(out, conn, rid_ref, cid, ErrorCode::BadRequest, message);
         }
-        let sender = self.sessions[&conn].user.to_string();
+        let session = self.sessions.get_mut(&conn).expect("caller checked");
+        session.sends_in_flight += 1;
+        let sender = session.user.to_string();
         let to = to.to_owned();
         let tag = self.tag();
         self.pending.insert(
@@ -439,7 +532,7 @@ impl Hub {
     }
 
     /// The store could not take `job` (its queue is full or it is shutting down).
-    pub fn store_refused(&mut self, job: Job, out: &mut Vec<Action>) {
+    pub fn store_refused(&mut self, job: Job, now: Now, out: &mut Vec<Action>) {
         let tag = match &job {
             Job::Send { tag, .. } | Job::Page { tag, .. } => *tag,
         };
@@ -454,23 +547,29 @@ impl Hub {
                     ErrorCode::Unavailable,
                     message,
                 );
+                self.send_done(conn, now, out);
             }
             Some(Pending::Read { conn, read }) => {
-                if let Some(session) = self.sessions.get_mut(&conn) {
-                    session.reading = false;
-                    if let Read::Sync { rid, .. } = read {
+                let Some(session) = self.sessions.get_mut(&conn) else {
+                    return;
+                };
+                session.reading = false;
+                match read {
+                    Read::Sync { rid, .. } => {
                         let message = "the server is busy: sync again";
-                        error(
-                            out,
-                            conn,
-                            rid.as_deref(),
-                            None,
-                            ErrorCode::Unavailable,
-                            message,
-                        );
+                        let rid = rid.as_deref();
+                        error(out, conn, rid, None, ErrorCode::Unavailable, message);
+                        self.sync_ended(conn, now, out);
                     }
-                    // A catch-up or re-push is tried again on the next ack, commit or timer.
+                    // Retried on a timer, not at once: the queue that refused it is full.
+                    Read::Repush | Read::CatchUp => {
+                        session.repush_wanted |= matches!(read, Read::Repush);
+                        session.read_retry_at = Some(now.mono + STORE_RETRY_MS);
+                        self.arm(conn);
+                    }
                 }
+                // A sync waiting behind the refused read gets its turn (or its refusal).
+                self.pump(conn, out);
             }
             None => {}
         }
@@ -478,19 +577,13 @@ impl Hub {
 
     fn ack(&mut self, conn: ConnKey, seq: u64, out: &mut Vec<Action>) {
         let session = self.sessions.get_mut(&conn).expect("caller checked");
+        session.client_acked = session.client_acked.max(seq);
         // An ack beyond what was pushed cannot be for this connection's pushes.
         let seq = seq.min(session.delivered);
         if seq <= session.acked {
             return;
         }
-        let freed = (seq - session.acked) as usize;
-        session
-            .pushed_at
-            .drain(..freed.min(session.pushed_at.len()));
-        if session.pushed_at.is_empty() {
-            session.pushed_at = VecDeque::new();
-        }
-        session.acked = seq;
+        session.acked_to(seq);
         session.retries = 0;
         self.pump(conn, out);
     }
@@ -516,12 +609,23 @@ impl Hub {
                         );
                     }
                 }
+                self.send_done(conn, now, out);
             }
             Completion::Page { tag, result, .. } => {
                 let Some(Pending::Read { conn, read }) = self.pending.remove(&tag) else {
                     return;
                 };
                 self.page(conn, read, result, now, out);
+            }
+        }
+    }
+
+    /// One of `conn`'s sends is answered; a sync waiting for it may start.
+    fn send_done(&mut self, conn: ConnKey, _now: Now, out: &mut Vec<Action>) {
+        if let Some(session) = self.sessions.get_mut(&conn) {
+            session.sends_in_flight -= 1;
+            if session.sends_in_flight == 0 {
+                self.pump(conn, out);
             }
         }
     }
@@ -565,7 +669,7 @@ impl Hub {
             let mut text = None;
             for conn in conns {
                 if conn == origin && own {
-                    self.sent_stands_in(conn, *seq, now.mono);
+                    self.sent_stands_in(conn, *seq);
                     continue;
                 }
                 let text = text.get_or_insert_with(|| {
@@ -590,24 +694,20 @@ impl Hub {
     /// On the sending connection `sent` is the entry's push (PROTOCOL.md): when that
     /// connection is caught up it counts as delivered there; a connection that is not is
     /// brought up by its catch-up read, and the client drops the repeat by seq.
-    fn sent_stands_in(&mut self, conn: ConnKey, seq: u64, now: u64) {
+    fn sent_stands_in(&mut self, conn: ConnKey, seq: u64) {
         let Some(session) = self.sessions.get_mut(&conn) else {
             return;
         };
         if session.delivered + 1 == seq && !session.reading && !session.paused {
-            if session.acked + 1 == seq {
-                session.delivered = seq;
-                session.acked = seq;
-            } else {
-                session.pushed(seq, now);
-            }
+            session.delivered = seq;
+            session.unacked.push_back(Pushed { at: None, bytes: 0 });
+            session.settle();
         }
     }
 
     /// Pushes `seq` to `conn` if it is the next one that connection expects and there is
     /// room; otherwise leaves it to the connection's catch-up read.
     fn offer(&mut self, conn: ConnKey, seq: u64, text: &[u8], now: u64, out: &mut Vec<Action>) {
-        let window = self.config.window;
         let Some(session) = self.sessions.get_mut(&conn) else {
             return;
         };
@@ -616,12 +716,12 @@ impl Hub {
             && !session.paused
             && session.queued_sync.is_none()
             && !session.repush_wanted;
-        if ready && session.delivered + 1 == seq && session.in_window() < window {
+        if ready && session.delivered + 1 == seq && session.has_room(&self.config) {
             out.push(Action::Send {
                 conn,
                 text: text.to_vec(),
             });
-            session.pushed(seq, now);
+            session.pushed(seq, now, text.len());
             self.arm(conn);
         } else if seq > session.delivered {
             self.pump(conn, out);
@@ -637,8 +737,15 @@ impl Hub {
         if session.closing || session.reading {
             return;
         }
-        if let Some(read) = session.queued_sync.take() {
-            return self.start_read(conn, read, out);
+        if session.queued_sync.is_some() {
+            if session.sends_in_flight == 0 {
+                let read = session.queued_sync.take().expect("checked");
+                self.start_read(conn, read, out);
+            }
+            return;
+        }
+        if session.read_retry_at.is_some() {
+            return;
         }
         if std::mem::take(&mut session.repush_wanted) && session.in_window() > 0 {
             return self.start_read(conn, Read::Repush, out);
@@ -647,8 +754,7 @@ impl Hub {
             return;
         }
         let head = self.users.get(&*session.user).map_or(0, |u| u.head);
-        let room = self.config.window.saturating_sub(session.in_window());
-        if head > session.delivered && room > 0 {
+        if head > session.delivered && session.has_room(&self.config) {
             self.start_read(conn, Read::CatchUp, out);
         }
     }
@@ -689,24 +795,23 @@ impl Hub {
         now: Now,
         out: &mut Vec<Action>,
     ) {
-        let window = self.config.window;
         let Some(session) = self.sessions.get_mut(&conn) else {
             return;
         };
         session.reading = false;
+        if session.closing {
+            return;
+        }
         let page = match result {
             Ok(page) => page,
             Err(e) => {
                 if let Read::Sync { rid, .. } = read {
                     let message = store_failure(&e);
-                    error(
-                        out,
-                        conn,
-                        rid.as_deref(),
-                        None,
-                        ErrorCode::Internal,
-                        message,
-                    );
+                    let rid = rid.as_deref();
+                    error(out, conn, rid, None, ErrorCode::Internal, message);
+                    self.sync_ended(conn, now, out);
+                    self.arm(conn);
+                    self.pump(conn, out);
                 } else {
                     // Without its read this connection cannot go on in order; the client
                     // reconnects and syncs.
@@ -723,11 +828,22 @@ impl Hub {
         let user = session.user.clone();
         match read {
             Read::Sync { rid, after, limit } => {
+                // At most `window_bytes` of JSON per page (and at least one entry), so a
+                // page of large messages cannot swamp the connection's queue.
+                let mut sizes = Vec::with_capacity(page.entries.len());
+                let mut total = 0;
+                let mut cut = false;
                 for entry in &page.entries {
-                    push_entry(out, conn, &user, entry);
+                    if total >= self.config.window_bytes {
+                        cut = true;
+                        break;
+                    }
+                    let bytes = push_entry(out, conn, &user, entry);
+                    total += bytes as u64;
+                    sizes.push((entry.seq, bytes));
                 }
-                let last = page.entries.last().map_or(after, |e| e.seq);
-                let more = page.entries.len() >= limit as usize && last < page.head;
+                let last = sizes.last().map_or(after, |&(seq, _)| seq);
+                let more = cut || (page.entries.len() >= limit as usize && last < page.head);
                 let synced = Reply::Synced {
                     rid: rid.as_deref(),
                     seq: last,
@@ -739,19 +855,32 @@ impl Hub {
                 // page; until it syncs again after a partial page, live pushes would be
                 // a gap it has to sync over anyway.
                 session.paused = more;
-                let delivered = if more { last } else { page.head }.max(after);
-                session.acked = after.min(delivered);
+                // A cursor past the head (a client that outlived a restored database) does
+                // not hold back what is committed from here on.
+                let delivered = if more { last } else { page.head };
+                session.acked = after.max(session.client_acked).min(delivered);
                 session.delivered = delivered;
-                session.pushed_at = std::iter::repeat(now.mono)
-                    .take((delivered - session.acked) as usize)
+                let acked = session.acked;
+                session.unacked = sizes
+                    .iter()
+                    .filter(|&&(seq, _)| seq > acked && seq <= delivered)
+                    .map(|&(_, bytes)| Pushed {
+                        at: Some(now.mono),
+                        bytes: bytes as u32,
+                    })
                     .collect();
+                session.unacked_bytes = session.unacked.iter().map(|e| u64::from(e.bytes)).sum();
+                debug_assert_eq!(session.unacked.len() as u64, session.in_window());
                 session.retries = 0;
+                // The page just pushed everything a pending re-push would have.
+                session.repush_wanted = false;
+                self.sync_ended(conn, now, out);
             }
             Read::CatchUp => {
                 for entry in &page.entries {
-                    if entry.seq == session.delivered + 1 && session.in_window() < window {
-                        push_entry(out, conn, &user, entry);
-                        session.pushed(entry.seq, now.mono);
+                    if entry.seq == session.delivered + 1 && session.has_room(&self.config) {
+                        let bytes = push_entry(out, conn, &user, entry);
+                        session.pushed(entry.seq, now.mono, bytes);
                     }
                 }
             }
@@ -767,18 +896,38 @@ impl Hub {
         self.pump(conn, out);
     }
 
-    /// Makes sure a timer is pending for the connection's oldest unacked entry. Lazy: the
-    /// due time only ever moves later, so an earlier timer just re-arms when it fires.
+    /// Makes sure the connection's timer fires no later than it is next due. A timer that
+    /// fires early finds nothing due and re-arms; one that would fire late is replaced.
     fn arm(&mut self, conn: ConnKey) {
         let Some(session) = self.sessions.get_mut(&conn) else {
             return;
         };
-        if session.timer.is_some() {
+        let Some(due) = session.due(&self.config) else {
+            return;
+        };
+        let due = due.max(self.timers.now() + 1);
+        if let Some((timer, at)) = session.timer {
+            if at <= due {
+                return;
+            }
+            self.timers.cancel(timer);
+        }
+        session.timer = self.timers.insert(due, conn).ok().map(|timer| (timer, due));
+    }
+
+    /// A client sync is answered (or refused). Sends held behind it go to the store now,
+    /// unless another sync waits.
+    fn sync_ended(&mut self, conn: ConnKey, now: Now, out: &mut Vec<Action>) {
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        if session.queued_sync.is_some() {
             return;
         }
-        if let Some(due) = session.due(&self.config) {
-            let due = due.max(self.timers.now() + 1);
-            session.timer = self.timers.insert(due, conn).ok();
+        session.syncing = false;
+        let held = std::mem::take(&mut session.held);
+        for (send, rid) in held {
+            self.send(conn, send, rid, now, out);
         }
     }
 
@@ -787,7 +936,8 @@ impl Hub {
         self.timers.next_deadline()
     }
 
-    /// Ack deadlines: re-push what is unacked, or close 4008 once the retries are spent.
+    /// Ack deadlines (re-push what is unacked, or close 4008 once the retries are spent)
+    /// and reads to retry.
     pub fn on_time(&mut self, now: Now, out: &mut Vec<Action>) {
         while let Some((_, conn)) = self.timers.poll(now.mono) {
             let Some(session) = self.sessions.get_mut(&conn) else {
@@ -797,27 +947,31 @@ impl Hub {
             if session.closing {
                 continue;
             }
-            let Some(due) = session.due(&self.config) else {
-                continue;
-            };
-            if due > now.mono {
-                self.arm(conn);
-                continue;
-            }
-            if session.retries < self.config.ack_retries {
-                session.retries += 1;
-                session.last_repush = now.mono;
-                session.repush_wanted = true;
+            if session.read_retry_at.is_some_and(|at| at <= now.mono) {
+                session.read_retry_at = None;
                 self.pump(conn, out);
-                self.arm(conn);
-            } else {
-                session.closing = true;
-                out.push(Action::Close {
-                    conn,
-                    code: ACK_TIMEOUT,
-                    reason: "ack timeout",
-                });
             }
+            let session = self.sessions.get_mut(&conn).expect("still there");
+            match session.ack_due(&self.config) {
+                Some(due) if due <= now.mono => {
+                    if session.retries < self.config.ack_retries {
+                        session.retries += 1;
+                        session.last_repush = now.mono;
+                        session.repush_wanted = true;
+                        self.pump(conn, out);
+                    } else {
+                        session.closing = true;
+                        out.push(Action::Close {
+                            conn,
+                            code: ACK_TIMEOUT,
+                            reason: "ack timeout",
+                        });
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+            self.arm(conn);
         }
     }
 
@@ -827,7 +981,8 @@ impl Hub {
     }
 }
 
-fn push_entry(out: &mut Vec<Action>, conn: ConnKey, user: &str, entry: &Entry) {
+/// Pushes one stored entry; returns its length on the wire.
+fn push_entry(out: &mut Vec<Action>, conn: ConnKey, user: &str, entry: &Entry) -> usize {
     let msg = Msg {
         seq: entry.seq,
         mid: entry.mid,
@@ -839,7 +994,10 @@ fn push_entry(out: &mut Vec<Action>, conn: ConnKey, user: &str, entry: &Entry) {
         cid: (entry.from == user).then_some(entry.cid.as_str()),
         ref_mid: entry.ref_mid,
     };
-    reply(out, conn, &Reply::Msg(msg));
+    let text = Reply::Msg(msg).to_json();
+    let bytes = text.len();
+    out.push(Action::Send { conn, text });
+    bytes
 }
 
 fn reply(out: &mut Vec<Action>, conn: ConnKey, reply: &Reply<'_>) {

@@ -32,12 +32,27 @@
 //! transaction a consistent snapshot while the writer commits, so paging an inbox never
 //! blocks a commit and a page's `head` always matches its entries.
 //!
+//! # Order of completions
+//! Write completions arrive in the order the jobs were submitted. Read completions carry
+//! no order: two readers may finish out of order, and a read may overtake or trail the
+//! writes around it. What holds: a read submitted after a write's completion was received
+//! sees that write, and every entry a page returns is committed (its completion has been
+//! or will be sent). Match completions to requests by `tag`.
+//!
+//! # Checkpoints off the commit path
+//! WAL pages are copied back into the database file by a checkpointer thread, with the
+//! writer doing only the short last step between two batches (see `checkpoint.rs` for why
+//! both are needed). SQLite's default, a checkpoint inside every `COMMIT` that crosses
+//! 1,000 pages, stalled commits for tens of milliseconds several times a second at 20,000
+//! sends/s, which is most of a 10 ms p99 budget gone.
+//!
 //! # What survives what
 //! Every commit goes through the write-ahead log. With `synchronous=NORMAL` (the default)
 //! `COMMIT` returns once the WAL frames are written to the OS (no fsync): a commit survives
 //! `kill -9` of the process, because the kernel already holds the data and writes it out
-//! anyway, but the last commits before a power loss or OS crash may be lost (the database
-//! stays consistent: it comes back as of an earlier commit). With `synchronous=FULL` the WAL
+//! anyway, but the commits since the last checkpoint (about a second at most: every
+//! checkpoint fsyncs the WAL) may be lost to a power loss or OS crash; the database stays
+//! consistent and comes back as of an earlier commit. With `synchronous=FULL` the WAL
 //! is fsynced at every commit, so a commit also survives power loss. Group commit is what
 //! makes FULL affordable: one fsync covers a whole batch, and batches grow as load grows.
 //! Either way a message whose `sent` went out is committed; a client that gets an error, or
@@ -271,8 +286,8 @@ pub struct Entry {
 }
 
 /// A page of an inbox and the inbox head, both from one snapshot: every seq up to `head`
-/// is committed, and when the page holds fewer than `limit` entries, its last seq (or
-/// `after`, when empty) is `head`.
+/// is committed, and a page with fewer than `limit` entries reaches the head (its last seq
+/// is `head`; an empty page means `after >= head`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Page {
     pub entries: Vec<Entry>,
@@ -294,6 +309,9 @@ pub struct Store {
     completions: Receiver<Completion>,
     threads: Vec<JoinHandle<()>>,
     counters: Arc<stats::Counters>,
+    /// The checkpointer's extra descriptor of the database file, closed only once every
+    /// connection is (see `checkpoint.rs`).
+    db_file: Option<Arc<std::fs::File>>,
 }
 
 /// Opens (creating and migrating as needed) the store in `config.dir` and starts its
@@ -333,12 +351,16 @@ fn open_gated(
     let (done_tx, done_rx) = bounded(queue);
     let (nudge_tx, nudge_rx) = bounded(1);
     let counters = Arc::new(stats::Counters::default());
+    let finish_checkpoint = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Opened last, so an error above never closes it while a connection is open.
+    let db_file = Arc::new(std::fs::File::open(&path).map_err(io)?);
     let mut store = Store {
         writer: Some(writer_tx),
         reader: Some(reader_tx),
         completions: done_rx.clone(),
         threads: Vec::with_capacity(2 + readers.len()),
         counters: counters.clone(),
+        db_file: Some(db_file.clone()),
     };
 
     let writer = writer::Writer {
@@ -350,28 +372,29 @@ fn open_gated(
         counters: counters.clone(),
         max_batch: config.max_batch.max(1),
         checkpoint: nudge_tx,
+        finish_checkpoint: finish_checkpoint.clone(),
         _lock: lock,
         gate,
     };
     let checkpointer = checkpoint::Checkpointer {
         conn: checkpointer,
         nudges: nudge_rx,
+        finish: finish_checkpoint,
+        db_file,
         counters: counters.clone(),
     };
-    let mut spawned = thread::Builder::new()
-        .name("courier-store-checkpoint".into())
-        .spawn(move || checkpointer.run())
-        .map(|handle| store.threads.push(handle));
-    if spawned.is_ok() {
-        spawned = thread::Builder::new()
-            .name("courier-store-writer".into())
-            .spawn(move || writer.run())
-            .map(|handle| store.threads.push(handle));
-    }
+    type Body = Box<dyn FnOnce() + Send>;
+    let mut bodies: Vec<(String, Body)> = vec![
+        (
+            "courier-store-checkpoint".into(),
+            Box::new(move || checkpointer.run()),
+        ),
+        (
+            "courier-store-writer".into(),
+            Box::new(move || writer.run()),
+        ),
+    ];
     for (i, conn) in readers.into_iter().enumerate() {
-        if spawned.is_err() {
-            break;
-        }
         let reader = reader::Reader {
             conn,
             jobs: reader_rx.clone(),
@@ -379,16 +402,30 @@ fn open_gated(
             notify: notify.clone(),
             counters: counters.clone(),
         };
-        spawned = thread::Builder::new()
-            .name(format!("courier-store-reader-{i}"))
-            .spawn(move || reader.run())
-            .map(|handle| store.threads.push(handle));
+        bodies.push((
+            format!("courier-store-reader-{i}"),
+            Box::new(move || reader.run()),
+        ));
     }
     // Only the threads may hold completion senders: `shutdown` waits for the channel to
     // disconnect, which is how it knows every thread is done.
     drop(done_tx);
     drop(reader_rx);
-    if let Err(e) = spawned {
+    let mut bodies = bodies.into_iter();
+    let mut failed = None;
+    for (name, body) in bodies.by_ref() {
+        match thread::Builder::new().name(name).spawn(body) {
+            Ok(handle) => store.threads.push(handle),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    if let Some(e) = failed {
+        // Close what never started (its connections and senders) first, then let the
+        // store's drop stop and join what did, and only then close `db_file`.
+        drop(bodies);
         drop(store);
         return Err(io(e));
     }
@@ -398,6 +435,9 @@ fn open_gated(
 impl Store {
     /// Queues a job without blocking. Gives the job back when its queue is full (or the
     /// store is shutting down), so the caller can answer `unavailable`.
+    // The error *is* the job, handed back whole so the caller can answer it; boxing it to
+    // shrink the rare error would cost an allocation on every submit.
+    #[allow(clippy::result_large_err)]
     pub fn submit(&self, job: Job) -> Result<(), Job> {
         let queue = match job.lane() {
             Lane::Write => &self.writer,
@@ -439,6 +479,9 @@ impl Store {
             // panic in release builds anyway.
             let _ = handle.join();
         }
+        // Every connection is closed now, so this descriptor can go without taking
+        // SQLite's locks with it.
+        self.db_file = None;
         rest
     }
 }

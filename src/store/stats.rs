@@ -102,13 +102,16 @@ pub struct Stats {
     pub rollbacks: u64,
     /// Read jobs served successfully.
     pub reads: u64,
-    /// Background checkpoints run (see `checkpoint.rs`).
+    /// Checkpoints run (see `checkpoint.rs`), by the checkpointer or the writer.
     pub checkpoints: u64,
     /// Background checkpoints that failed (the pages stay in the WAL for the next one).
     pub checkpoint_failures: u64,
     /// WAL size in pages at the last checkpoint: what the last interval of commits wrote,
     /// or more if checkpoints fall behind.
     pub wal_pages: u64,
+    /// Microseconds the writer spent finishing a checkpoint between two batches (the part
+    /// of checkpointing that delays commits).
+    pub checkpoint_finish_us: Histogram,
     /// Jobs per committed write transaction.
     pub batch_sizes: Histogram,
     /// Microseconds per committed write transaction, `BEGIN` to `COMMIT` returned: the
@@ -135,6 +138,7 @@ pub(crate) struct Counters {
     wal_pages: AtomicU64,
     batch_sizes: AtomicHistogram,
     commit_us: AtomicHistogram,
+    checkpoint_finish_us: AtomicHistogram,
 }
 
 impl Counters {
@@ -168,6 +172,11 @@ impl Counters {
         self.wal_pages.store(wal_pages, Relaxed);
     }
 
+    pub(crate) fn finished_checkpoint(&self, took: Duration) {
+        self.checkpoint_finish_us
+            .record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+    }
+
     pub(crate) fn checkpoint_failed(&self) {
         self.checkpoint_failures.fetch_add(1, Relaxed);
     }
@@ -185,6 +194,7 @@ impl Counters {
             wal_pages: self.wal_pages.load(Relaxed),
             batch_sizes: self.batch_sizes.snapshot(),
             commit_us: self.commit_us.snapshot(),
+            checkpoint_finish_us: self.checkpoint_finish_us.snapshot(),
             ..Stats::default()
         }
     }

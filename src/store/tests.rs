@@ -760,7 +760,51 @@ fn a_full_queue_gives_the_job_back() {
     }
 }
 
+#[test]
+fn checkpoints_copy_the_wal_back_while_the_store_runs() {
+    let dir = TempDir::new("checkpoint");
+    let (store, done, _) = open_ok(&config(&dir));
+    let db_size = || std::fs::metadata(dir.path().join(DB_FILE)).map_or(0, |m| m.len());
+    let fresh = db_size();
+    for tag in 0..2000 {
+        submit(
+            &store,
+            send_job(tag, "alice", "bob", &format!("c{tag}"), "x"),
+        );
+    }
+    for _ in 0..2000 {
+        recv_sent(&done);
+    }
+    // The checkpointer copies, then leaves the last step to the writer's next batch.
+    let deadline = Instant::now() + TIMEOUT;
+    let mut tag = 2000;
+    while store.stats().checkpoint_finish_us.count() == 0 && Instant::now() < deadline {
+        send(&store, &done, "alice", "bob", &format!("c{tag}"));
+        tag += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let stats = store.stats();
+    assert!(stats.checkpoints >= 2, "{stats:?}");
+    assert_eq!(stats.checkpoint_failures, 0);
+    assert!(
+        stats.checkpoint_finish_us.count() >= 1,
+        "the writer finished a checkpoint"
+    );
+    assert!(
+        db_size() > fresh,
+        "pages reached the database file before shutdown"
+    );
+}
+
 // ---- small pieces ----
+
+#[test]
+fn the_handle_and_messages_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Store>();
+    send_sync::<Job>();
+    send_sync::<Completion>();
+}
 
 #[test]
 fn dm_conv_sorts_the_two_ids() {
@@ -842,13 +886,15 @@ fn throughput(synchronous: Synchronous) {
     let took = started.elapsed();
     let stats = store.stats();
     println!(
-        "synchronous={synchronous}: {n} sends in {:.3} s = {:.0}/s; {} batches (sizes {}); commit p50 <= {} us, p99 <= {} us",
+        "synchronous={synchronous}: {n} sends in {:.3} s = {:.0}/s; {} batches (sizes {}); commit p50 <= {} us, p99 <= {} us (us: {}); {} checkpoints",
         took.as_secs_f64(),
         n as f64 / took.as_secs_f64(),
         stats.batches,
         stats.batch_sizes,
         stats.commit_us.quantile(0.5),
         stats.commit_us.quantile(0.99),
+        stats.commit_us,
+        stats.checkpoints,
     );
 }
 
@@ -862,4 +908,95 @@ fn throughput_100k_sends_normal() {
 #[ignore = "throughput figure, run in release"]
 fn throughput_100k_sends_full() {
     throughput(Synchronous::Full);
+}
+
+/// Offers `rate` sends a second for `secs` seconds from another thread, in small bursts as
+/// a reactor's wake-ups would submit them, and reports submit → completion latency.
+fn paced(synchronous: Synchronous, rate: u64, secs: u64) {
+    let dir = TempDir::new("paced");
+    let mut cfg = config(&dir);
+    cfg.synchronous = synchronous;
+    let (store, done, _) = open_ok(&cfg);
+    let store = Arc::new(store);
+    let users: Arc<Vec<String>> = Arc::new((0..1000).map(|i| format!("user{i}")).collect());
+    let start = Instant::now();
+    let n = rate * secs;
+    let submitter = {
+        let (store, users) = (store.clone(), users.clone());
+        std::thread::spawn(move || {
+            let mut rng = Lcg(3);
+            let mut refused = 0u64;
+            for i in 0..n {
+                // Job i is due at i / rate seconds; sleep in 0.5 ms steps until then.
+                let due = Duration::from_nanos(i * 1_000_000_000 / rate);
+                while start.elapsed() < due {
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+                let job = Job::Send {
+                    // The tag carries the submit time, so no shared table is needed.
+                    tag: start.elapsed().as_nanos() as u64,
+                    sender: users[rng.next(users.len())].clone(),
+                    cid: format!("c{i}"),
+                    to: users[rng.next(users.len())].clone(),
+                    body: "hello, this is a typical short chat message".into(),
+                    kind: "text".into(),
+                    ts: 1_700_000_000_000 + i,
+                };
+                if store.submit(job).is_err() {
+                    refused += 1;
+                }
+            }
+            refused
+        })
+    };
+    let mut latencies_us = Vec::with_capacity(n as usize);
+    while (latencies_us.len() as u64) < n {
+        match done.recv_timeout(Duration::from_secs(2)) {
+            Ok(c) => latencies_us.push((start.elapsed().as_nanos() as u64 - c.tag()) / 1000),
+            Err(_) => break,
+        }
+    }
+    let refused = submitter.join().unwrap();
+    latencies_us.sort_unstable();
+    let q = |p: f64| latencies_us[((latencies_us.len() - 1) as f64 * p) as usize];
+    let stats = store.stats();
+    println!(
+        "synchronous={synchronous} offered {rate}/s for {secs} s: {} done, {refused} refused; \
+         submit->completion p50 {} us, p99 {} us, p999 {} us, max {} us; \
+         batches {} (sizes {}); commit us {}; {} checkpoints, writer's part us {}",
+        latencies_us.len(),
+        q(0.5),
+        q(0.99),
+        q(0.999),
+        q(1.0),
+        stats.batches,
+        stats.batch_sizes,
+        stats.commit_us,
+        stats.checkpoints,
+        stats.checkpoint_finish_us,
+    );
+}
+
+#[test]
+#[ignore = "latency figure, run in release"]
+fn paced_20k_per_s_normal() {
+    paced(Synchronous::Normal, 20_000, 5);
+}
+
+#[test]
+#[ignore = "latency figure, run in release"]
+fn paced_20k_per_s_full() {
+    paced(Synchronous::Full, 20_000, 5);
+}
+
+#[test]
+#[ignore = "latency figure, run in release"]
+fn paced_50k_per_s_normal() {
+    paced(Synchronous::Normal, 50_000, 5);
+}
+
+#[test]
+#[ignore = "latency figure, run in release"]
+fn paced_50k_per_s_full() {
+    paced(Synchronous::Full, 50_000, 5);
 }

@@ -19,11 +19,14 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::checkpoint;
 use super::error::{sql, StoreError};
 use super::schema::{get_u64, UserRow};
 use super::stats::Counters;
@@ -35,11 +38,13 @@ pub(crate) struct Writer {
     pub jobs: Receiver<Job>,
     pub done: Sender<Completion>,
     pub notify: Notify,
-    pub counters: std::sync::Arc<Counters>,
+    pub counters: Arc<Counters>,
     pub max_batch: usize,
     /// Tells the checkpointer there is something new in the WAL; capacity 1, so nudges
     /// coalesce and sending never blocks.
     pub checkpoint: Sender<()>,
+    /// Raised by the checkpointer: run the last step of a checkpoint between two batches.
+    pub finish_checkpoint: Arc<AtomicBool>,
     /// Held, never read: the data-folder lock lives exactly as long as the writer, so it
     /// is released only after the last commit.
     pub _lock: File,
@@ -87,6 +92,7 @@ impl Writer {
                 let _ = self.done.send(complete(job, outcome));
             }
             (self.notify)();
+            checkpoint::finish(&self.conn, &self.finish_checkpoint, &self.counters);
         }
     }
 
@@ -154,6 +160,7 @@ impl Writer {
         started: Instant,
     ) {
         self.users.commit();
+        // Capacity 1: a nudge already waiting covers this commit too.
         let _ = self.checkpoint.try_send(());
         let ok = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
         let failed = outcomes.len() as u64 - ok;

@@ -1,0 +1,232 @@
+//! The command line of PROTOCOL.md as the IM server's tests drive it: the secret (flag,
+//! environment, or dev login), flags over `COURIER_*` variables, `--help`, signals, and the
+//! `Origin` allow-list of the Transport section.
+
+mod im_support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use im_support::*;
+use serde_json::Value;
+
+fn output_within(mut command: std::process::Command, within: Duration) -> std::process::Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return child.wait_with_output().expect("output");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let output = child.wait_with_output();
+    panic!("still running after {within:?}: {output:?}");
+}
+
+#[test]
+fn serve_without_a_secret_refuses_to_start() {
+    let dir = DataDir::new("nosecret");
+    let output = output_within(serve_command(&dir.path, &[], &[]), Duration::from_secs(5));
+    assert!(!output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--jwt-secret"),
+        "says how to set one: {stderr}"
+    );
+    assert!(stderr.contains("COURIER_JWT_SECRET"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("listening on"));
+}
+
+#[test]
+fn the_secret_and_other_flags_come_from_the_environment_and_a_flag_wins() {
+    let dir = DataDir::new("env");
+    let env = [("COURIER_JWT_SECRET", SECRET), ("COURIER_HEARTBEAT", "5s")];
+    let server = Server::spawn(&dir.path, &[], &env).owning(dir);
+    let client = server.connect("alice");
+    assert_eq!(
+        client.welcome["heartbeat_ms"], 5_000,
+        "COURIER_HEARTBEAT is read"
+    );
+    drop(client);
+    drop(server);
+    let dir = DataDir::new("env");
+    let server = Server::spawn(&dir.path, &["--heartbeat", "7s"], &env).owning(dir);
+    assert_eq!(
+        server.connect("alice").welcome["heartbeat_ms"],
+        7_000,
+        "the flag wins"
+    );
+    // Durations in minutes are durations too.
+    let server = Server::start(&["--heartbeat", "2m"]);
+    assert_eq!(server.connect("alice").welcome["heartbeat_ms"], 120_000);
+}
+
+#[test]
+fn bad_flag_values_refuse_to_start() {
+    for args in [
+        &["--jwt-secret", "s", "--synchronous", "sometimes"][..],
+        &["--jwt-secret", "s", "--heartbeat", "25"],
+        &["--jwt-secret", "s", "--no-such-flag", "1"],
+        &["--jwt-secret", "s", "--dev-login", "maybe"],
+    ] {
+        let dir = DataDir::new("badflag");
+        let output = output_within(serve_command(&dir.path, args, &[]), Duration::from_secs(5));
+        assert!(
+            !output.status.success(),
+            "{args:?} must not start: {output:?}"
+        );
+    }
+}
+
+#[test]
+fn dev_login_serves_tokens_only_when_on() {
+    let dir = DataDir::new("devlogin");
+    let server = Server::spawn(&dir.path, &["--dev-login", "on"], &[]).owning(dir);
+    let (status, body) = http_get(server.addr, "/dev/token?user=alice");
+    assert_eq!(status, 200, "{body}");
+    let token: Value = serde_json::from_str(&body).expect("JSON body");
+    let token = token["token"].as_str().expect("token");
+    Client::open(server.addr, &format!("/ws?token={token}"), &[]).welcomed("alice");
+    // A token signed with anything else is still refused (the secret is random).
+    let (status, _, _) = raw_upgrade(
+        server.addr,
+        &format!("/ws?token={}", im_support::token("alice")),
+        &[],
+    );
+    assert_eq!(status, 401, "the per-run secret is not the test secret");
+    let (status, _) = http_get(server.addr, "/dev/token?user=bad%20user");
+    assert_eq!(status, 400);
+
+    // Off by default: no such route.
+    let server = Server::start(&[]);
+    let (status, _) = http_get(server.addr, "/dev/token?user=alice");
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn dev_login_warns_loudly() {
+    let dir = DataDir::new("devwarn");
+    let mut command = serve_command(&dir.path, &["--dev-login", "on"], &[]);
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // The warning comes before `listening on`; read stderr's first line, then stop.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stderr).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(5));
+    // SAFETY: our own child, not reaped yet.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait();
+    let line = line.expect("a warning on stderr");
+    assert!(line.to_ascii_uppercase().contains("DEV LOGIN"), "{line}");
+}
+
+#[test]
+fn sigint_and_sigterm_exit_0() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let mut server = Server::start(&[]);
+        let mut client = server.connect("alice");
+        server.send_signal(signal);
+        assert_eq!(
+            client.expect_close(WAIT),
+            Some(1001),
+            "clients get 1001 on shutdown"
+        );
+        // The server waits (bounded) for the TCP close after the close handshake.
+        drop(client);
+        let status = server.wait_exit(Duration::from_secs(5)).expect("exited");
+        assert!(status.success(), "signal {signal}: {status:?}");
+    }
+}
+
+fn serve_help() -> String {
+    let output = output_within(
+        {
+            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_courier"));
+            command.args(["serve", "--help"]);
+            command
+        },
+        Duration::from_secs(5),
+    );
+    assert!(output.status.success());
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn help_lists_the_serve_flags_with_defaults() {
+    let help = serve_help();
+    for (flag, default) in [
+        ("--listen", "127.0.0.1:8080"),
+        ("--data", "./courier-data"),
+        ("--jwt-secret", ""),
+        ("--heartbeat", "25s"),
+        ("--idle-timeout", ""),
+        ("--handshake-timeout", ""),
+        ("--ack-timeout", "5s"),
+        ("--ack-retries", "2"),
+        ("--ack-retry-interval", "2s"),
+        ("--max-message", ""),
+        ("--max-connections", ""),
+        ("--synchronous", "normal"),
+        ("--dev-login", "off"),
+    ] {
+        let line = help
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{flag} ")))
+            .unwrap_or_else(|| panic!("{flag} missing from --help:\n{help}"));
+        assert!(line.contains(&format!("default: {default}")), "{line}");
+        let env = format!(
+            "COURIER_{}",
+            flag[2..].to_ascii_uppercase().replace('-', "_")
+        );
+        assert!(line.contains(&env), "{line}");
+    }
+}
+
+#[test]
+#[ignore = "issue 4 (not built yet): --origin, --trusted-proxy and --recall-window"]
+fn help_lists_every_flag_of_the_protocol() {
+    let help = serve_help();
+    for flag in ["--origin", "--trusted-proxy", "--recall-window"] {
+        assert!(
+            help.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{flag} "))),
+            "{flag} missing from `courier serve --help`"
+        );
+    }
+}
+
+#[test]
+#[ignore = "issue 4 (not built yet): the Origin allow-list"]
+fn an_origin_off_the_allow_list_is_403() {
+    let dir = DataDir::new("origin");
+    let server = Server::spawn(
+        &dir.path,
+        &["--jwt-secret", SECRET, "--origin", "https://chat.example"],
+        &[],
+    )
+    .owning(dir);
+    let target = format!("/ws?token={}", token("alice"));
+    let (status, head, _) =
+        raw_upgrade(server.addr, &target, &[("Origin", "https://evil.example")]);
+    assert_eq!(status, 403, "{head}");
+    let (status, head, _) =
+        raw_upgrade(server.addr, &target, &[("Origin", "https://chat.example")]);
+    assert_eq!(status, 101, "{head}");
+    Client::open(server.addr, &target, &[("Origin", "https://chat.example")]).welcomed("alice");
+    // No Origin (a native client) is not a browser and not refused.
+    Client::open(server.addr, &target, &[]).welcomed("alice");
+}
