@@ -57,7 +57,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if data.len() < 9 {
         return;
     }
-    let role = if data[0] & 1 == 0 { Role::Server } else { Role::Client };
+    let role = if data[0] & 1 == 0 {
+        Role::Server
+    } else {
+        Role::Client
+    };
     let max = [0, 1, 125, 126, 65_536, 1 << 20][(data[0] as usize >> 1) % 6];
     let cuts: Vec<usize> = data[1..9].iter().map(|&b| b as usize % 32 + 1).collect();
     let stream = &data[9..];
