@@ -411,8 +411,8 @@ impl Hub {
         let (request, rid) = match parsed {
             Ok(parsed) => parsed,
             Err(bad) => {
-                let rid = bad.rid.as_deref();
-                return error(out, conn, rid, None, ErrorCode::BadRequest, &bad.message);
+                let (rid, cid) = (bad.rid.as_deref(), bad.cid.as_deref());
+                return error(out, conn, rid, cid, ErrorCode::BadRequest, &bad.message);
             }
         };
         match request {

@@ -41,6 +41,8 @@ fn text_kind() -> String {
 #[derive(Debug)]
 pub struct BadRequest {
     pub rid: Option<Rid>,
+    /// A `send`'s `cid` when it could be read, so the client's outbox can match the error.
+    pub cid: Option<String>,
     pub message: String,
 }
 
@@ -49,6 +51,8 @@ struct Envelope<'a> {
     #[serde(rename = "type", borrow)]
     kind: Option<std::borrow::Cow<'a, str>>,
     rid: Option<Rid>,
+    #[serde(borrow)]
+    cid: Option<std::borrow::Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -70,6 +74,7 @@ struct NoFields {}
 pub fn parse(text: &[u8]) -> Result<(Request, Option<Rid>), BadRequest> {
     let envelope: Envelope<'_> = serde_json::from_slice(text).map_err(|e| BadRequest {
         rid: None,
+        cid: None,
         message: if e.is_data() {
             "a request is a JSON object with a string field `type`".to_owned()
         } else {
@@ -77,11 +82,13 @@ pub fn parse(text: &[u8]) -> Result<(Request, Option<Rid>), BadRequest> {
         },
     })?;
     let rid = envelope.rid;
+    let cid = envelope.cid.map(|c| c.into_owned());
     if let Some(rid) = &rid {
         let first = rid.get().as_bytes()[0];
         if !(first == b'"' || first == b'-' || first.is_ascii_digit()) {
             return Err(BadRequest {
                 rid: None,
+                cid: None,
                 message: "`rid` must be a string or a number".to_owned(),
             });
         }
@@ -89,6 +96,7 @@ pub fn parse(text: &[u8]) -> Result<(Request, Option<Rid>), BadRequest> {
     let Some(kind) = envelope.kind else {
         return Err(BadRequest {
             rid,
+            cid: None,
             message: "missing `type`".to_owned(),
         });
     };
@@ -105,6 +113,7 @@ pub fn parse(text: &[u8]) -> Result<(Request, Option<Rid>), BadRequest> {
             return Err(BadRequest {
                 message: format!("unknown type '{}'", other.escape_debug()),
                 rid,
+                cid: None,
             })
         }
     };
@@ -113,6 +122,7 @@ pub fn parse(text: &[u8]) -> Result<(Request, Option<Rid>), BadRequest> {
         Err(e) => Err(BadRequest {
             message: fields(e),
             rid,
+            cid: if kind == "send" { cid } else { None },
         }),
     }
 }
@@ -268,9 +278,9 @@ mod tests {
         assert!(bad(r#"{"type":"ack","seq":-1}"#)
             .message
             .starts_with("bad `ack`"));
-        assert!(bad(r#"{"type":"send","cid":"c","to":"user:b"}"#)
-            .message
-            .contains("body"));
+        let e = bad(r#"{"type":"send","cid":"c","to":"user:b"}"#);
+        assert!(e.message.contains("body"));
+        assert_eq!(e.cid.as_deref(), Some("c"));
         assert!(bad(r#"{"type":"ping","rid":{"a":1}}"#)
             .message
             .contains("rid"));

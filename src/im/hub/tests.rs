@@ -1962,28 +1962,40 @@ fn ack_with_a_rid_gets_ok_and_without_gets_nothing() {
 fn malformed_requests_get_bad_request_with_the_rid_when_readable_and_no_close() {
     let mut h = Harness::new(HubConfig::default());
     h.connect(1, "alice");
-    let cases: [(&str, Option<Value>); 10] = [
-        ("{", None),
-        ("not json", None),
-        ("[1]", None),
-        (r#"{"type": 5, "rid": 1}"#, None),
-        (r#"{"rid": "m"}"#, Some(json!("m"))),
-        (r#"{"type": "fly", "rid": "x"}"#, Some(json!("x"))),
-        (r#"{"type": "ack", "rid": 3}"#, Some(json!(3))),
+    // (frame, the rid echoed, the cid echoed: only a send's, so its outbox can match it)
+    let cases: [(&str, Option<Value>, Option<&str>); 11] = [
+        ("{", None, None),
+        ("not json", None, None),
+        ("[1]", None, None),
+        (r#"{"type": 5, "rid": 1}"#, None, None),
+        (r#"{"rid": "m"}"#, Some(json!("m")), None),
+        (
+            r#"{"type": "fly", "rid": "x", "cid": "c"}"#,
+            Some(json!("x")),
+            None,
+        ),
+        (r#"{"type": "ack", "rid": 3}"#, Some(json!(3)), None),
         (
             r#"{"type": "ack", "rid": 4, "seq": "high"}"#,
             Some(json!(4)),
+            None,
         ),
         (
             r#"{"type": "send", "rid": 5, "cid": "c", "to": "user:bob"}"#,
             Some(json!(5)),
+            Some("c"),
         ),
-        (r#"{"type": "ping", "rid": {"a": 1}}"#, None),
+        (
+            r#"{"type": "send", "rid": 6, "cid": "d", "to": "user:bob", "body": 7}"#,
+            Some(json!(6)),
+            Some("d"),
+        ),
+        (r#"{"type": "ping", "rid": {"a": 1}}"#, None, None),
     ];
-    for (text, rid) in cases {
+    for (text, rid, cid) in cases {
         let out = h.recv(1, text);
         assert_eq!(out.0.len(), 1, "{text}: {out:#?}");
-        assert_error(out.one(1, "error"), "bad_request", None, rid);
+        assert_error(out.one(1, "error"), "bad_request", cid, rid);
     }
     // Still open and answering.
     assert_eq!(h.req(1, json!({"type": "ping"})).types(1), vec!["pong"]);
