@@ -36,6 +36,10 @@ pub struct Target {
     pub addr: SocketAddr,
     /// `GET` request of the opening handshake, the same bytes for every connection.
     pub request: Vec<u8>,
+    /// The request target (`/ws`, `/ws?x=1`) and the `Host` value, for requests that
+    /// differ per connection ([`Target::request_with_token`]).
+    path: String,
+    authority: String,
 }
 
 impl Target {
@@ -78,16 +82,54 @@ impl Target {
             .map_err(|e| format!("{url}: cannot resolve {host}: {e}"))?
             .next()
             .ok_or_else(|| format!("{url}: {host} has no address"))?;
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        .into_bytes();
         Ok(Target {
             url: url.to_owned(),
             addr,
-            request,
+            request: handshake_request(path, authority),
+            path: path.to_owned(),
+            authority: authority.to_owned(),
         })
+    }
+
+    /// The opening handshake with `token` in the query (`?token=`, or `&token=` when the
+    /// URL already has a query): how courier's `/ws` takes a JWT from a client that
+    /// cannot set headers. A JWT is all URL-safe characters, so it goes in as it is.
+    pub fn request_with_token(&self, token: &str) -> Vec<u8> {
+        let sep = if self.path.contains('?') { '&' } else { '?' };
+        handshake_request(&format!("{}{sep}token={token}", self.path), &self.authority)
+    }
+}
+
+fn handshake_request(path: &str, authority: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// Lifetime of the tokens the bench mints: far past any run, short enough that a token
+/// copied out of a log is not a standing credential.
+const TOKEN_TTL_SECS: u64 = 24 * 3600;
+
+/// A courier access token for `user` signed with `secret` (what `courier token USER`
+/// prints), valid from now for a day.
+pub fn mint_token(user: &str, secret: &str) -> String {
+    let now = courier::clock::wall_ms() / 1000;
+    courier::im::auth::issue(user, TOKEN_TTL_SECS, secret.as_bytes(), now)
+}
+
+/// A hint for a refused handshake: a 401 from courier's `/ws` means the token was not
+/// accepted, which with a bench-minted token is nearly always the secret.
+pub fn rejection_hint(e: &HandshakeError) -> &'static str {
+    match e {
+        HandshakeError::Rejected {
+            status: Some(401), ..
+        } => " (the server refused the token: is --jwt-secret the server's secret?)",
+        HandshakeError::Rejected {
+            status: Some(404), ..
+        } => " (no such endpoint: courier's IM endpoint is /ws)",
+        _ => "",
     }
 }
 
@@ -440,6 +482,9 @@ pub struct Plan<'a> {
     pub max_message: usize,
     /// Seeds the connections' masking-key generators.
     pub seed: u32,
+    /// The access token of connection `i`, sent as `?token=`; `None` sends the target's
+    /// one request to every connection.
+    pub token: Option<&'a (dyn Fn(usize) -> String + Sync)>,
 }
 
 /// Opens `count` connections to `target` and completes their handshakes, at most
@@ -458,6 +503,7 @@ pub fn establish(
         count,
         max_message,
         seed,
+        token,
     } = *plan;
     let fail = |msg: String| SetupError::Failed(msg);
     let mut clients: Vec<Client> = Vec::with_capacity(count);
@@ -497,7 +543,13 @@ pub fn establish(
                 match client.finish_connect() {
                     Ok(true) => {
                         client.phase = Phase::Handshaking;
-                        client.out.extend_from_slice(&target.request);
+                        match token {
+                            Some(token) => {
+                                let request = target.request_with_token(&token(event.token().0));
+                                client.out.extend_from_slice(&request);
+                            }
+                            None => client.out.extend_from_slice(&target.request),
+                        }
                         last_progress = Instant::now();
                     }
                     Ok(false) => continue,
@@ -510,7 +562,7 @@ pub fn establish(
                     .map_err(|e| fail(format!("handshake: sending the request: {e}")))?;
                 if client
                     .read_handshake(rbuf)
-                    .map_err(|e| fail(format!("{}: {e}", target.url)))?
+                    .map_err(|e| fail(format!("{}: {e}{}", target.url, rejection_hint(&e))))?
                 {
                     open += 1;
                     last_progress = Instant::now();
@@ -562,6 +614,14 @@ mod tests {
         let t = Target::parse("ws://[::1]:9002").unwrap();
         assert_eq!(t.addr, "[::1]:9002".parse().unwrap());
         assert!(t.request.starts_with(b"GET / HTTP/1.1\r\n"));
+        let t = Target::parse("ws://127.0.0.1:1/ws").unwrap();
+        assert!(t
+            .request_with_token("a.b.c")
+            .starts_with(b"GET /ws?token=a.b.c HTTP/1.1\r\nHost: 127.0.0.1:1\r\n"));
+        let t = Target::parse("ws://127.0.0.1:1/ws?v=1").unwrap();
+        assert!(t
+            .request_with_token("t")
+            .starts_with(b"GET /ws?v=1&token=t HTTP/1.1\r\n"));
         assert!(Target::parse("wss://x/")
             .unwrap_err()
             .contains("not supported"));
@@ -590,6 +650,16 @@ mod tests {
         let err = check_response(bad.as_bytes()).unwrap_err();
         assert!(matches!(err, HandshakeError::Invalid(_)), "{err:?}");
         assert!(err.to_string().contains("Accept"));
+    }
+
+    #[test]
+    fn minted_tokens_verify() {
+        let token = mint_token("u7", "s3cret");
+        let now = courier::clock::wall_ms() / 1000;
+        let claims = courier::im::auth::verify(&token, b"s3cret", now).unwrap();
+        assert_eq!(claims.sub, "u7");
+        assert!(claims.exp >= now + TOKEN_TTL_SECS - 5);
+        assert!(courier::im::auth::verify(&token, b"other", now).is_err());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use courier::ws::conn::{Conn, Event};
-use courier::ws::frame::close_code;
+use courier::ws::frame::{close_code, OpCode};
 use mio::{Events, Interest, Poll, Token};
 
 use crate::args::{self, Flag, Parsed};
@@ -61,6 +61,25 @@ pub const FLAGS: &[Flag] = &[
         help: "server process whose VmRSS and open fds (/proc/PID) are sampled",
     },
     Flag {
+        name: "jwt-secret",
+        arg: "S",
+        default: "none",
+        help: "IM mode: connection i signs in as user {prefix}{i} with a token signed with S",
+    },
+    Flag {
+        name: "user-prefix",
+        arg: "P",
+        default: "u",
+        help: "IM mode: user ids are this prefix and the connection's number",
+    },
+    Flag {
+        name: "ping",
+        arg: "SECS",
+        default: "20",
+        help: "IM mode: app {\"type\":\"ping\"} interval per connection when the run is long \
+               enough for the server's idle timeout (0 = never)",
+    },
+    Flag {
         name: "threads",
         arg: "K",
         default: "1",
@@ -81,6 +100,13 @@ timeout, closed before the response, HTTP status, other). All connections are th
 open without traffic for D seconds (server pings are answered); any the server closes in
 that time count as dropped. Finally every connection is closed with 1000.
 
+IM mode (--jwt-secret S, URL ws://HOST:PORT/ws): connection i authenticates as user
+{prefix}{i} with a token minted here and signed with S, in ?token= on the request; the
+server's `welcome` (and any other text frame) is read and ignored. courier closes a
+connection that sends nothing for its idle timeout (75 s by default, 3 x --heartbeat), so
+when the storm plus the hold lasts longer than 60 s every connection sends an app ping
+every --ping seconds (pongs are ignored too); shorter runs send nothing at all.
+
 With --server-pid, the server's VmRSS is read before connecting, 1 s after the last
 handshake and at the end of the hold; (held - baseline) / established is reported as the
 server's bytes per connection.
@@ -89,8 +115,9 @@ When N exceeds half the ephemeral port range (Linux's connect() slows down sharp
 its preferred even ports are used up), connections to a loopback target are spread round
 robin over source addresses 127.0.0.2, 127.0.0.3, ...
 
-Exits 1 when the server cannot be reached, the open-file limit is too low, or any
-connection failed or was dropped; 2 on bad flags.";
+Exits 1 when the server cannot be reached, the open-file limit is too low, any connection
+failed or was dropped, or (IM mode) an established connection got no `welcome`; 2 on bad
+flags.";
 
 /// Descriptors besides the sockets: stdio, epoll per thread, /proc reads, slack.
 const RESERVED_FDS: usize = 32;
@@ -116,9 +143,15 @@ const MAX_POLL: Duration = Duration::from_millis(100);
 /// How often the main thread checks whether every worker has finished connecting.
 const WATCH_STEP: Duration = Duration::from_millis(10);
 const READ_BUF: usize = 16 << 10;
-/// Largest message accepted from the server; none is expected at all.
+/// Largest message accepted from the server; none is expected at all (IM mode: a
+/// `welcome`, and `pong`s).
 const MAX_MESSAGE: usize = 64 << 10;
+/// IM mode pings only when a connection could otherwise stay silent longer than this:
+/// under courier's default idle timeout (75 s) with room for a slow storm.
+const PING_NEEDED_AFTER: Duration = Duration::from_secs(60);
+const APP_PING: &[u8] = br#"{"type":"ping"}"#;
 
+#[derive(Debug)]
 struct Opts {
     target: Target,
     connections: usize,
@@ -128,6 +161,11 @@ struct Opts {
     server_pid: Option<u32>,
     threads: usize,
     json: bool,
+    /// IM mode: the secret tokens are signed with, and the user id prefix.
+    secret: Option<String>,
+    user_prefix: String,
+    /// IM mode: app ping interval, when pings are needed at all (see `ping_interval`).
+    ping: Option<Duration>,
     /// Source addresses to round-robin over; empty = the kernel's choice.
     sources: Vec<Ipv4Addr>,
     ephemeral_ports: usize,
@@ -146,18 +184,61 @@ fn opts(values: &args::Values) -> Result<Opts, String> {
             _ => return Err(format!("--server-pid: {s:?} is not a process id")),
         },
     };
+    let secret = match values.get("jwt-secret") {
+        "none" | "" => None,
+        s => Some(s.to_owned()),
+    };
+    let user_prefix = values.get("user-prefix").to_owned();
+    if secret.is_some() {
+        let last = format!("{user_prefix}{}", connections - 1);
+        if !courier::im::auth::valid_user_id(&user_prefix)
+            || !courier::im::auth::valid_user_id(&last)
+        {
+            return Err(format!(
+                "--user-prefix {user_prefix:?}: user ids like {last:?} must be 1 to 64 of \
+                 [A-Za-z0-9_.-]"
+            ));
+        }
+    }
+    let rate = values.count("rate", 1)?;
+    let hold = values.duration("hold")?;
+    let ping = ping_interval(
+        secret.is_some(),
+        values.duration("ping")?,
+        hold,
+        connections,
+        rate,
+    );
     Ok(Opts {
         target: Target::parse(values.get("url"))?,
         connections,
-        rate: values.count("rate", 1)?,
-        hold: values.duration("hold")?,
+        rate,
+        hold,
         timeout,
         server_pid,
         threads: values.count("threads", 1)?.min(connections),
         json: values.switch("json"),
+        secret,
+        user_prefix,
+        ping,
         sources: Vec::new(),
         ephemeral_ports: 0,
     })
+}
+
+/// IM mode's app ping interval, or `None` for no pings: only when a connection may stay
+/// silent long enough for the server's idle timeout, i.e. when the storm (N / R seconds
+/// at the target rate) plus the hold passes `PING_NEEDED_AFTER`. Shorter runs send
+/// nothing, so the memory figure is that of a truly idle connection.
+fn ping_interval(
+    im: bool,
+    every: Duration,
+    hold: Duration,
+    connections: usize,
+    rate: usize,
+) -> Option<Duration> {
+    let storm = Duration::from_secs_f64(connections as f64 / rate.max(1) as f64);
+    (im && !every.is_zero() && storm + hold > PING_NEEDED_AFTER).then_some(every)
 }
 
 /// Entry point; returns the process exit code.
@@ -557,8 +638,10 @@ struct Totals {
     /// Established connections the server ended before our close.
     dropped: u64,
     first_drop: Option<String>,
-    /// Data messages from the server, which has no reason to send any here.
-    unexpected: u64,
+    /// What arrived from the server on established connections.
+    incoming: Incoming,
+    /// IM mode: app pings sent.
+    pings: u64,
     /// Closes answered with the server's close frame, ended by TCP without one, and
     /// still unanswered after `CLOSE_WAIT`.
     close_echoed: u64,
@@ -580,7 +663,10 @@ impl Totals {
         if self.first_drop.is_none() {
             self.first_drop.clone_from(&o.first_drop);
         }
-        self.unexpected += o.unexpected;
+        self.incoming.unexpected += o.incoming.unexpected;
+        self.incoming.welcomes += o.incoming.welcomes;
+        self.incoming.im_text += o.incoming.im_text;
+        self.pings += o.pings;
         self.close_echoed += o.close_echoed;
         self.close_ended += o.close_ended;
         self.close_unanswered += o.close_unanswered;
@@ -589,6 +675,18 @@ impl Totals {
             self.fatal.clone_from(&o.fatal);
         }
     }
+}
+
+/// Data messages from established connections.
+#[derive(Clone, Copy, Default, Debug)]
+struct Incoming {
+    /// Plain mode: any data message (an echo or plain WebSocket server has no reason to
+    /// send one here). IM mode: binary messages only.
+    unexpected: u64,
+    /// IM mode: `welcome` frames, one per connection the server signed in.
+    welcomes: u64,
+    /// IM mode: other text frames (`pong`s, errors), read and ignored.
+    im_text: u64,
 }
 
 struct Shared {
@@ -700,7 +798,16 @@ fn run(opts: &Opts, baseline: Option<Sample>) -> i32 {
     if let Some(why) = &sum.first_drop {
         eprintln!("courier-bench connect: first drop: {why}");
     }
-    i32::from(sum.fatal.is_some() || sum.failures.total() > 0 || sum.dropped > 0)
+    // Every connection the server signed in owes a `welcome`; one that never came means
+    // the IM endpoint is not doing its part (or the URL is not /ws).
+    let unwelcomed = opts.secret.is_some() && sum.incoming.welcomes < sum.established;
+    if unwelcomed {
+        eprintln!(
+            "courier-bench connect: only {} of {} established IM connections got a `welcome`",
+            sum.incoming.welcomes, sum.established
+        );
+    }
+    i32::from(sum.fatal.is_some() || sum.failures.total() > 0 || sum.dropped > 0 || unwelcomed)
 }
 
 /// The main thread's clock: sleeps while printing the progress line at every whole second
@@ -797,6 +904,10 @@ struct Worker<'a> {
     closing: bool,
     rbuf: Vec<u8>,
     t: Totals,
+    /// IM mode: app pings sent per slot (the next is due `ping` after the 101 times one
+    /// more than this), and when the slots are next looked at.
+    pings: Vec<u32>,
+    next_ping_scan: Instant,
 }
 
 fn worker(k: usize, poll: Poll, opts: &Opts, shared: &Shared) -> Totals {
@@ -811,6 +922,8 @@ fn worker(k: usize, poll: Poll, opts: &Opts, shared: &Shared) -> Totals {
         closing: false,
         rbuf: vec![0u8; READ_BUF],
         t: Totals::default(),
+        pings: Vec::new(),
+        next_ping_scan: Instant::now(),
     };
     let live = &shared.live[k];
     let mut events = Events::with_capacity(1024);
@@ -866,17 +979,20 @@ fn worker(k: usize, poll: Poll, opts: &Opts, shared: &Shared) -> Totals {
         if !w.poll_once(&mut events, wait) {
             break;
         }
+        w.ping_due();
         live.publish(&w.t, w.open);
     }
     w.t.connect_time = t0.elapsed();
     live.publish(&w.t, w.open);
     live.connect_done.store(true, Ordering::Release);
 
-    // The hold: nothing to send; pings are answered and server closes counted as they come.
+    // The hold: nothing to send (but IM app pings when the run is long); RFC pings are
+    // answered and server closes counted as they come.
     while w.t.fatal.is_none() && !shared.close.load(Ordering::Acquire) {
         if !w.poll_once(&mut events, MAX_POLL) {
             break;
         }
+        w.ping_due();
         live.publish(&w.t, w.open);
     }
 
@@ -910,6 +1026,36 @@ impl Worker<'_> {
         self.k + j * self.opts.threads
     }
 
+    /// IM mode on a long run: an app ping on every established connection whose next
+    /// ping is due (each `ping` after its 101). Looks at the slots once a second.
+    fn ping_due(&mut self) {
+        let Some(every) = self.opts.ping else {
+            return;
+        };
+        let now = Instant::now();
+        if now < self.next_ping_scan || self.closing {
+            return;
+        }
+        self.next_ping_scan = now + Duration::from_secs(1);
+        for (j, slot) in self.slots.iter_mut().enumerate() {
+            let Some(c) = slot.as_mut() else {
+                continue;
+            };
+            if c.phase != Phase::Open {
+                continue;
+            }
+            let due = c.started() + c.handshake_time + every * (self.pings[j] + 1);
+            if now < due {
+                continue;
+            }
+            self.pings[j] += 1;
+            self.t.pings += 1;
+            c.ws.send(OpCode::Text, APP_PING, &mut c.out);
+            // A failed write shows up as a drop at the next read of this socket.
+            let _ = c.flush();
+        }
+    }
+
     /// Starts the next scheduled connection; false when it failed at once.
     fn start(&mut self) -> bool {
         let j = self.slots.len();
@@ -929,6 +1075,7 @@ impl Worker<'_> {
                     )
                     .map(|()| c)
             });
+        self.pings.push(0);
         match started {
             Ok(c) => {
                 self.slots.push(Some(c));
@@ -970,7 +1117,14 @@ impl Worker<'_> {
             match c.finish_connect() {
                 Ok(true) => {
                     c.phase = Phase::Handshaking;
-                    c.out.extend_from_slice(&target.request);
+                    match &self.opts.secret {
+                        Some(secret) => {
+                            let user = format!("{}{g}", self.opts.user_prefix);
+                            let token = client::mint_token(&user, secret);
+                            c.out.extend_from_slice(&target.request_with_token(&token));
+                        }
+                        None => c.out.extend_from_slice(&target.request),
+                    }
                 }
                 Ok(false) => return,
                 Err(e) => {
@@ -1001,7 +1155,8 @@ impl Worker<'_> {
                     // Frames that came in behind the 101 first; then the socket may hold
                     // more that no new edge will announce, so `service` drains it below.
                     let mut pending = std::mem::take(&mut c.pending);
-                    let status = feed(c, &mut pending, &mut self.t.unexpected);
+                    let im = self.opts.secret.is_some();
+                    let status = feed(c, &mut pending, im, &mut self.t.incoming);
                     if !matches!(status, Status::Open) {
                         self.settle(j, status);
                         return;
@@ -1009,7 +1164,11 @@ impl Worker<'_> {
                 }
                 Err(e) => {
                     self.t.failures.add(handshake_kind(&e), || {
-                        format!("{}: connection #{g}: {e}", target.url)
+                        format!(
+                            "{}: connection #{g}: {e}{}",
+                            target.url,
+                            client::rejection_hint(&e)
+                        )
                     });
                     self.slots[j] = None;
                     self.in_flight -= 1;
@@ -1020,7 +1179,8 @@ impl Worker<'_> {
         let Some(Some(c)) = self.slots.get_mut(j) else {
             return;
         };
-        let status = service(c, &mut self.rbuf, &mut self.t.unexpected);
+        let im = self.opts.secret.is_some();
+        let status = service(c, &mut self.rbuf, im, &mut self.t.incoming);
         self.settle(j, status);
     }
 
@@ -1053,11 +1213,11 @@ impl Worker<'_> {
 
 /// Reads an established connection until the socket is drained, handing everything to the
 /// codec (which queues pongs and close echoes), then writes what it queued.
-fn service(c: &mut Client, rbuf: &mut [u8], unexpected: &mut u64) -> Status {
+fn service(c: &mut Client, rbuf: &mut [u8], im: bool, incoming: &mut Incoming) -> Status {
     loop {
         match client::read(&mut c.stream, rbuf) {
             Ok(Some(0)) => return Status::Ended("the server closed the TCP connection".into()),
-            Ok(Some(n)) => match feed(c, &mut rbuf[..n], unexpected) {
+            Ok(Some(n)) => match feed(c, &mut rbuf[..n], im, incoming) {
                 Status::Open => {}
                 other => return other,
             },
@@ -1073,7 +1233,9 @@ fn service(c: &mut Client, rbuf: &mut [u8], unexpected: &mut u64) -> Status {
     Status::Open
 }
 
-fn feed(c: &mut Client, input: &mut [u8], unexpected: &mut u64) -> Status {
+/// Decodes what arrived. In IM mode text frames are expected (the `welcome` after the
+/// 101, `pong`s) and ignored; nothing is ever answered but what RFC 6455 requires.
+fn feed(c: &mut Client, input: &mut [u8], im: bool, incoming: &mut Incoming) -> Status {
     let mut pos = 0;
     while pos < input.len() {
         let (used, event) = match c.ws.read(&mut input[pos..], &mut c.out) {
@@ -1091,10 +1253,30 @@ fn feed(c: &mut Client, input: &mut [u8], unexpected: &mut u64) -> Status {
                 let _ = c.flush();
                 return Status::Closed(code);
             }
-            Some(Event::Text(_) | Event::Binary(_)) => *unexpected += 1,
+            Some(Event::Text(text)) if im => {
+                if is_welcome(text) {
+                    incoming.welcomes += 1;
+                } else {
+                    incoming.im_text += 1;
+                }
+            }
+            Some(Event::Text(_) | Event::Binary(_)) => incoming.unexpected += 1,
         }
     }
     Status::Open
+}
+
+/// Whether a text frame is courier's `welcome`: a JSON object whose `type` is "welcome".
+/// Parsed for real (the server is free to order its fields), but only on the one frame
+/// per connection that looks like one.
+fn is_welcome(text: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Typed<'a> {
+        #[serde(borrow, rename = "type")]
+        kind: &'a str,
+    }
+    text.windows(9).any(|w| w == b"\"welcome\"")
+        && serde_json::from_slice::<Typed<'_>>(text).is_ok_and(|t| t.kind == "welcome")
 }
 
 fn connect_error(target: &Target, source: Option<Ipv4Addr>, g: usize, e: &io::Error) -> String {
@@ -1146,7 +1328,7 @@ fn report(opts: &Opts, t: &Totals, server: Option<&Server>) {
              \"threads\":{},\"source_addresses\":{},\"attempts\":{},\"established\":{},\
              \"failures\":{},\"connect_seconds\":{:.3},\"achieved_rate\":{:.1},\
              \"handshake_us\":{{\"p50\":{:.1},\"p99\":{:.1},\"max\":{:.1}}},\"dropped\":{},\
-             \"unexpected_messages\":{},\"close\":{{\"echoed\":{},\"ended\":{},\"unanswered\":{}}},\
+             \"unexpected_messages\":{},\"im\":{},\"close\":{{\"echoed\":{},\"ended\":{},\"unanswered\":{}}},\
              \"server\":{server_json}}}",
             stats::json_str(&opts.target.url),
             opts.connections,
@@ -1163,7 +1345,17 @@ fn report(opts: &Opts, t: &Totals, server: Option<&Server>) {
             stats::us(p99),
             stats::us(max),
             t.dropped,
-            t.unexpected,
+            t.incoming.unexpected,
+            match &opts.secret {
+                Some(_) => format!(
+                    "{{\"user_prefix\":{},\"welcomes\":{},\"other_text\":{},\"pings\":{}}}",
+                    stats::json_str(&opts.user_prefix),
+                    t.incoming.welcomes,
+                    t.incoming.im_text,
+                    t.pings
+                ),
+                None => "null".to_owned(),
+            },
             t.close_echoed,
             t.close_ended,
             t.close_unanswered,
@@ -1229,10 +1421,29 @@ fn report(opts: &Opts, t: &Totals, server: Option<&Server>) {
         CLOSE_WAIT.as_secs(),
         t.close_unanswered
     );
-    if t.unexpected > 0 {
+    if opts.secret.is_some() {
         println!(
-            "  unexpected     {:>14}   data messages from the server (ignored)",
-            stats::grouped(t.unexpected)
+            "  welcomed       {:>14}   IM connections greeted with `welcome` (users {}0..{}{})",
+            stats::grouped(t.incoming.welcomes),
+            opts.user_prefix,
+            opts.user_prefix,
+            opts.connections - 1
+        );
+        println!(
+            "  app pings      {:>14}   sent (other text frames read and ignored: {})",
+            stats::grouped(t.pings),
+            stats::grouped(t.incoming.im_text)
+        );
+    }
+    if t.incoming.unexpected > 0 {
+        let what = if opts.secret.is_some() {
+            "binary messages"
+        } else {
+            "data messages"
+        };
+        println!(
+            "  unexpected     {:>14}   {what} from the server (ignored)",
+            stats::grouped(t.incoming.unexpected)
         );
     }
     let (Some(s), Some(pid)) = (server, opts.server_pid) else {
@@ -1410,6 +1621,32 @@ mod tests {
     }
 
     #[test]
+    fn welcome_detection() {
+        assert!(is_welcome(
+            br#"{"type":"welcome","user":"u1","conn":"7","heartbeat_ms":25000,"inbox_seq":0}"#
+        ));
+        assert!(is_welcome(br#"{"user":"welcome","type":"welcome"}"#));
+        assert!(!is_welcome(br#"{"type":"pong","heartbeat_ms":25000}"#));
+        assert!(!is_welcome(br#"{"type":"msg","body":"\"welcome\""}"#));
+        assert!(!is_welcome(b"\"welcome\""));
+    }
+
+    #[test]
+    fn pings_only_when_the_run_outlasts_the_idle_timeout() {
+        let s = Duration::from_secs;
+        // 10,000 at 5,000/s is a 2 s storm: a 5 s hold needs no ping, a 59 s one does.
+        assert_eq!(ping_interval(true, s(20), s(5), 10_000, 5_000), None);
+        assert_eq!(
+            ping_interval(true, s(20), s(59), 10_000, 5_000),
+            Some(s(20))
+        );
+        // A slow storm counts too.
+        assert_eq!(ping_interval(true, s(20), s(10), 19_000, 300), Some(s(20)));
+        assert_eq!(ping_interval(false, s(20), s(600), 10, 5_000), None);
+        assert_eq!(ping_interval(true, s(0), s(600), 10, 5_000), None);
+    }
+
+    #[test]
     fn bytes_per_connection_is_signed() {
         assert_eq!(bytes_per_connection(1_000, 11_000, 10), Some(1_000.0));
         assert_eq!(bytes_per_connection(11_000, 1_000, 10), Some(-1_000.0));
@@ -1434,11 +1671,38 @@ mod tests {
             panic!("flags rejected");
         };
         let o = opts(&v).unwrap();
+        assert!(o.secret.is_none());
         assert_eq!(o.connections, 19_000);
         assert_eq!(o.rate, 5_000);
         assert_eq!(o.hold, Duration::from_secs(5));
         assert_eq!(o.server_pid, Some(42));
         assert_eq!(o.threads, 1);
+        let im: Vec<String> = [
+            "--jwt-secret",
+            "s",
+            "--user-prefix",
+            "bench-",
+            "--hold",
+            "120",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let Ok(Parsed::Run(v)) = args::parse(&im, FLAGS) else {
+            panic!("flags rejected");
+        };
+        let o = opts(&v).unwrap();
+        assert_eq!(o.secret.as_deref(), Some("s"));
+        assert_eq!(o.user_prefix, "bench-");
+        assert_eq!(o.ping, Some(Duration::from_secs(20)));
+        let bad: Vec<String> = ["--jwt-secret", "s", "--user-prefix", "a b"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let Ok(Parsed::Run(v)) = args::parse(&bad, FLAGS) else {
+            panic!("flags rejected");
+        };
+        assert!(opts(&v).unwrap_err().contains("user ids"));
         let argv = vec!["--server-pid".to_owned(), "0".to_owned()];
         let Ok(Parsed::Run(v)) = args::parse(&argv, FLAGS) else {
             panic!("flags rejected");

@@ -565,6 +565,7 @@ fn worker(index: usize, count: usize, opts: &Opts, shared: &Shared) -> Totals {
             count,
             max_message: opts.size + 1024,
             seed: (index as u32).wrapping_mul(0x85EB_CA6B) ^ 0x2545_F491,
+            token: None,
         };
         let clients = client::establish(&mut poll, &mut events, &plan, &shared.abort, &mut rbuf)?;
         Ok((poll, clients))

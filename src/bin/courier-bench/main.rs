@@ -8,6 +8,8 @@ mod args;
 mod client;
 mod connect;
 mod echo;
+mod im;
+mod ledger;
 mod stats;
 
 const USAGE: &str = "usage: courier-bench MODE [FLAGS]
@@ -16,13 +18,18 @@ modes:
   echo      C connections x S-byte messages, D in flight each, against an echo server:
             msg/s, MB/s, round-trip p50/p99/p99.9/max
   connect   N connections opened at R/s, held idle for D s, closed: handshake latency
-            p50/p99/max, failures by kind, drops, server RSS per connection (--server-pid)
-  im        (not built yet) IM users, 1:1 traffic, durable msg/s, exactly-once check
+            p50/p99/max, failures by kind, drops, server RSS per connection (--server-pid);
+            with --jwt-secret, authenticated IM connections (user u0, u1, ...)
+  im        U IM users (tokens from --jwt-secret), 1:1 traffic at a paced rate or as fast
+            as possible, every push acked: durable msg/s, send -> sent and send ->
+            recipient p50/p99/p99.9/max, then an exactly-once, gap-free check
+            (run the server with a high --rate, e.g. courier serve --rate 100000)
   fanout    (not built yet) group fan-out deliveries/s
 
 courier-bench MODE --help lists a mode's flags with their defaults.
 Exit status: 0 ok, 1 the run failed (cannot connect, handshake rejected, fd limit, a wrong
-or missing echo, a lost or dropped connection), 2 bad command line.
+or missing echo, a lost or dropped connection, a lost or duplicated IM message), 2 bad
+command line.
 ";
 
 fn main() {
@@ -30,7 +37,8 @@ fn main() {
     let code = match argv.first().map(String::as_str) {
         Some("echo") => echo::main(&argv[1..]),
         Some("connect") => connect::main(&argv[1..]),
-        Some(mode @ ("im" | "fanout")) => {
+        Some("im") => im::main(&argv[1..]),
+        Some(mode @ "fanout") => {
             eprintln!("courier-bench: mode {mode:?} is not built yet");
             2
         }
