@@ -115,6 +115,21 @@ pub const SERVE_FLAGS: &[Flag] = &[
         help: "normal: a sent message survives a crash of the process; full: also power loss",
     },
     Flag {
+        name: "origin",
+        default: "",
+        help: "allowed Origin of WebSocket clients (repeatable; comma-separated in the environment); none set: any (403 when set and not matched)",
+    },
+    Flag {
+        name: "trusted-proxy",
+        default: "",
+        help: "address of a reverse proxy whose X-Forwarded-For is believed (repeatable; IP or CIDR)",
+    },
+    Flag {
+        name: "recall-window",
+        default: "2m",
+        help: "how long after sending a message its sender may recall it",
+    },
+    Flag {
         name: "dev-login",
         default: "off",
         help: "on: random per-run secret and GET /dev/token?user=NAME (local tries only)",
@@ -144,6 +159,9 @@ pub const TOKEN_FLAGS: &[Flag] = &[
 pub struct Values {
     /// Every flag's value, and whether it came from the flag or the environment.
     entries: Vec<(&'static Flag, String, bool)>,
+    /// Every occurrence of each flag given on the command line, in order (for the
+    /// repeatable ones).
+    given: Vec<(&'static Flag, String)>,
 }
 
 /// What the command line asked for besides values.
@@ -200,7 +218,7 @@ pub fn parse(
         let set = value.is_some();
         entries.push((flag, value.unwrap_or_else(|| flag.default.to_string()), set));
     }
-    Ok(Parsed::Run(Values { entries }, positional))
+    Ok(Parsed::Run(Values { entries, given }, positional))
 }
 
 pub fn env_name(flag: &str) -> String {
@@ -235,6 +253,30 @@ impl Values {
 
     pub fn raw(&self, name: &str) -> &str {
         &self.entry(name).1
+    }
+
+    /// A repeatable flag: every occurrence on the command line, or else its environment
+    /// variable split at commas, or else its default (empty when the default is empty).
+    pub fn list(&self, name: &str) -> Vec<String> {
+        let (flag, value, set) = self.entry(name);
+        let given: Vec<String> = self
+            .given
+            .iter()
+            .filter(|(f, _)| std::ptr::eq(*f, *flag))
+            .map(|(_, v)| v.clone())
+            .collect();
+        if !given.is_empty() {
+            return given;
+        }
+        if *set || !value.is_empty() {
+            return value
+                .split(',')
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        Vec::new()
     }
 
     /// Whether the flag or its environment variable was given (not just the default).
@@ -389,6 +431,29 @@ mod tests {
             Parsed::Run(values, _) => values,
             Parsed::Help => panic!("help"),
         }
+    }
+
+    #[test]
+    fn repeatable_flags_keep_every_occurrence_or_split_the_environment() {
+        let env =
+            |name: &str| (name == "COURIER_ORIGIN").then(|| "https://a, https://b".to_owned());
+        let parse_serve = |list: &[&str], env: &dyn Fn(&str) -> Option<String>| match parse(
+            &args(list),
+            &[NET_FLAGS, SERVE_FLAGS],
+            env,
+        )
+        .unwrap()
+        {
+            Parsed::Run(values, _) => values,
+            Parsed::Help => panic!("help"),
+        };
+        let v = parse_serve(&["--origin", "https://x", "--origin=https://y"], &env);
+        assert_eq!(v.list("origin"), ["https://x", "https://y"]);
+        let v = parse_serve(&[], &env);
+        assert_eq!(v.list("origin"), ["https://a", "https://b"]);
+        let v = parse_serve(&[], &no_env);
+        assert!(v.list("origin").is_empty());
+        assert!(v.list("trusted-proxy").is_empty());
     }
 
     #[test]

@@ -180,19 +180,27 @@ fn serve(args: &[String]) -> Result<(), String> {
         secret,
         dev_login,
         echo: values.switch("echo")?,
+        origins: values.list("origin"),
+        trusted_proxies: courier::forwarded::TrustedProxies::parse(&values.list("trusted-proxy"))?,
     };
     let listen = net.listen;
+    // Before the reactor: from here on log lines go through the logger's thread, so the
+    // reactor never waits on stderr.
+    courier::log::init_from_env();
     // The server (and with it the store) is dropped when the reactor returns: the store
     // then commits what it accepted and stops its threads.
     let result = courier::net::run(
         net,
         |waker| Server::open(config, waker, 0).map_err(std::io::Error::other),
         |addr| {
+            courier::log_info!("courier {} serving on {addr}", env!("CARGO_PKG_VERSION"));
             let mut stdout = std::io::stdout().lock();
             let _ = writeln!(stdout, "listening on {addr}");
             let _ = stdout.flush();
         },
     );
+    courier::log_info!("stopped");
+    courier::log::shutdown();
     result.map_err(|e| format!("serve on {listen}: {e}"))
 }
 

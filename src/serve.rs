@@ -11,6 +11,7 @@ use std::time::Instant;
 use crossbeam_channel::Receiver;
 
 use crate::clock;
+use crate::forwarded::{self, TrustedProxies};
 use crate::im::auth;
 use crate::im::hub::{Action, Hub, HubConfig, Now, UNSUPPORTED_DATA};
 use crate::net::{Admission, ConnId, Out, Service, Waker};
@@ -27,6 +28,9 @@ pub struct ServeConfig {
     pub secret: Vec<u8>,
     pub dev_login: bool,
     pub echo: bool,
+    /// `--origin`: browsers' Origins allowed on `/ws`; empty allows all.
+    pub origins: Vec<String>,
+    pub trusted_proxies: TrustedProxies,
 }
 
 pub struct Server {
@@ -36,6 +40,8 @@ pub struct Server {
     secret: Vec<u8>,
     dev_login: bool,
     echo: bool,
+    origins: Vec<String>,
+    trusted_proxies: TrustedProxies,
     /// Authenticated at the upgrade, greeted once the `101` is out.
     admitted: HashMap<ConnId, String>,
     /// Connections on `/echo`.
@@ -57,6 +63,8 @@ impl Server {
             secret: config.secret,
             dev_login: config.dev_login,
             echo: config.echo,
+            origins: config.origins,
+            trusted_proxies: config.trusted_proxies,
             admitted: HashMap::new(),
             echoing: HashSet::new(),
             started: Instant::now(),
@@ -175,7 +183,7 @@ impl Service for Server {
         conn: ConnId,
         request: &Request<'_>,
         upgrade: &Upgrade<'_>,
-        _peer: SocketAddr,
+        peer: SocketAddr,
         response: &mut Vec<u8>,
     ) -> Admission {
         let protocol = upgrade
@@ -183,12 +191,27 @@ impl Service for Server {
             .any(|p| p == SUBPROTOCOL)
             .then_some(SUBPROTOCOL);
         match request.path() {
+            "/ws" if !forwarded::origin_allowed(&self.origins, upgrade.origin()) => {
+                handshake::write_response(
+                    response,
+                    403,
+                    "Forbidden",
+                    "text/plain; charset=utf-8",
+                    &[],
+                    b"this Origin is not allowed\n",
+                );
+                Admission::Refuse
+            }
             "/ws" => match self.authenticate(request) {
                 Ok(user) => {
                     self.admitted.insert(conn, user);
                     Admission::Accept { protocol }
                 }
                 Err(e) => {
+                    let client = self
+                        .trusted_proxies
+                        .client(peer, request.header("x-forwarded-for"));
+                    crate::log_warn!("auth failed from {client}: {e}");
                     let body = format!("{e}\n");
                     handshake::write_response(
                         response,
@@ -257,6 +280,11 @@ impl Service for Server {
     fn woken(&mut self, out: &mut Out<'_>) {
         let now = Self::now(out);
         while let Ok(completion) = self.completions.try_recv() {
+            if let Completion::Sent { result: Err(e), .. }
+            | Completion::Page { result: Err(e), .. } = &completion
+            {
+                crate::log_error!("store: {e}");
+            }
             self.hub.completion(completion, now, &mut self.actions);
             self.apply(out);
         }

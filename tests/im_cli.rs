@@ -197,7 +197,6 @@ fn help_lists_the_serve_flags_with_defaults() {
 }
 
 #[test]
-#[ignore = "issue 4 (not built yet): --origin, --trusted-proxy and --recall-window"]
 fn help_lists_every_flag_of_the_protocol() {
     let help = serve_help();
     for flag in ["--origin", "--trusted-proxy", "--recall-window"] {
@@ -210,7 +209,6 @@ fn help_lists_every_flag_of_the_protocol() {
 }
 
 #[test]
-#[ignore = "issue 4 (not built yet): the Origin allow-list"]
 fn an_origin_off_the_allow_list_is_403() {
     let dir = DataDir::new("origin");
     let server = Server::spawn(

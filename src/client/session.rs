@@ -499,7 +499,10 @@ impl Session {
         if !self.connected {
             return requests;
         }
-        if (self.ack_owed || self.cursor > self.acked) && self.cursor > 0 {
+        // Only pushes want an ack: a `sent` moves the cursor too, but the server counts the
+        // sender's own entry as delivered without one (acking it would cost the server a
+        // request per message sent).
+        if self.ack_owed && self.cursor > 0 {
             requests.push(json!({"type": "ack", "seq": self.cursor}).to_string());
             self.acked = self.cursor;
         }
