@@ -474,23 +474,7 @@ impl<S: Service> Reactor<S> {
                 }
                 None => break,
             };
-            let Reactor {
-                conns,
-                scratch,
-                dirty,
-                closes,
-                service,
-                now,
-                ..
-            } = self;
-            let mut out = Out {
-                conns,
-                scratch,
-                current: Some(id),
-                dirty,
-                closes,
-                now: *now,
-            };
+            let (service, mut out) = self.service_and_out(Some(id));
             service.message(id, opcode, payload, &mut out);
         }
         if finished {
@@ -503,9 +487,8 @@ impl<S: Service> Reactor<S> {
         Flow::Continue
     }
 
-    /// Calls the service with an [`Out`] on no connection in particular, then applies the
-    /// closes it asked for.
-    fn with_service(&mut self, current: Option<ConnId>, call: impl FnOnce(&mut S, &mut Out<'_>)) {
+    /// The service, and the [`Out`] it writes through: disjoint borrows of the reactor.
+    fn service_and_out(&mut self, current: Option<ConnId>) -> (&mut S, Out<'_>) {
         let Reactor {
             conns,
             scratch,
@@ -515,7 +498,7 @@ impl<S: Service> Reactor<S> {
             now,
             ..
         } = self;
-        let mut out = Out {
+        let out = Out {
             conns,
             scratch,
             current,
@@ -523,6 +506,13 @@ impl<S: Service> Reactor<S> {
             closes,
             now: *now,
         };
+        (service, out)
+    }
+
+    /// Calls the service with an [`Out`] (for `current`, if any), then applies the closes
+    /// it asked for.
+    fn with_service(&mut self, current: Option<ConnId>, call: impl FnOnce(&mut S, &mut Out<'_>)) {
+        let (service, mut out) = self.service_and_out(current);
         call(service, &mut out);
         self.apply_closes(current);
     }
