@@ -304,3 +304,27 @@ impl Service for Server {
         !self.hub.has_pending()
     }
 }
+
+impl Drop for Server {
+    /// The store's figures for the run, so a benchmark can read the group-commit batch
+    /// sizes and commit times it caused (the quantiles are power-of-two bucket bounds).
+    fn drop(&mut self) {
+        if let Some(store) = &self.store {
+            let stats = store.stats();
+            let (sizes, commit) = (&stats.batch_sizes, &stats.commit_us);
+            crate::log_info!(
+                "store: {} jobs in {} batches (mean {:.1}; p50 <= {}, p99 <= {}, max <= {} jobs), \
+                 commit p50 <= {} us, p99 <= {} us; checkpoint finish p99 <= {} us",
+                stats.jobs,
+                stats.batches,
+                stats.jobs as f64 / stats.batches.max(1) as f64,
+                sizes.quantile(0.5),
+                sizes.quantile(0.99),
+                sizes.quantile(1.0),
+                commit.quantile(0.5),
+                commit.quantile(0.99),
+                stats.checkpoint_finish_us.quantile(0.99),
+            );
+        }
+    }
+}
