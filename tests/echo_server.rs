@@ -920,3 +920,34 @@ fn five_hundred_concurrent_connections_each_echo() {
         worker.join().expect("worker");
     }
 }
+
+/// Output made for a connection that then hangs up must not reach the next one flushed.
+/// The first client's frames fill the server's 64 KiB read buffer exactly, so the server
+/// reads on (expecting more) and meets the EOF with the echoes still unwritten; the
+/// second client must see only its own echo.
+#[test]
+fn echoes_for_a_peer_that_hung_up_never_reach_another_connection() {
+    let server = Server::start(&[]);
+    for round in 0..20 {
+        let mut leaver = RawClient::connect(server.addr());
+        // 64 frames of 1,024 bytes on the wire: an 8-byte masked header (16-bit length)
+        // and 1,016 bytes of payload.
+        let payload = "x".repeat(1016);
+        let mut burst = Vec::new();
+        for _ in 0..64 {
+            burst.extend_from_slice(&encode_frame(0x81, payload.as_bytes()));
+        }
+        assert_eq!(burst.len(), 65_536);
+        leaver.send_raw(&burst);
+        leaver
+            .stream()
+            .shutdown(std::net::Shutdown::Both)
+            .expect("hang up");
+        drop(leaver);
+
+        let mut bystander = RawClient::connect(server.addr());
+        let own = format!("mine {round}");
+        bystander.send_text(&own);
+        bystander.expect_text(&own);
+    }
+}

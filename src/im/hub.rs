@@ -423,7 +423,16 @@ impl Hub {
                 };
                 reply(out, conn, &pong);
             }
-            Request::Send(send) if session.syncing => {
+            Request::Send(send) => {
+                // Checked before anything is kept, so what waits behind a sync is bounded
+                // by the body limit, not by the frame limit.
+                if let Err((code, message)) = check_send(&send, self.config.max_body) {
+                    let (rid, cid) = (rid.as_deref(), Some(send.cid.as_str()));
+                    return error(out, conn, rid, cid, code, &message);
+                }
+                if !session.syncing {
+                    return self.send(conn, send, rid, now, out);
+                }
                 if session.held.len() < MAX_HELD {
                     session.held.push_back((send, rid));
                 } else {
@@ -439,7 +448,6 @@ impl Hub {
                     );
                 }
             }
-            Request::Send(send) => self.send(conn, send, rid, now, out),
             Request::Ack { seq } => {
                 self.ack(conn, seq, out);
                 ok(out, conn, rid.as_deref());
@@ -472,41 +480,10 @@ impl Hub {
         now: Now,
         out: &mut Vec<Action>,
     ) {
-        let rid_ref = rid.as_deref();
-        let cid = Some(send.cid.as_str());
-        if send.cid.is_empty() || send.cid.len() > MAX_CID {
-            let message = "`cid` must be 1 to 64 bytes";
-            return error(out, conn, rid_ref, cid, ErrorCode::BadRequest, message);
-        }
-        let to = match send.to.split_once(':') {
-            Some(("user", user)) if valid_user_id(user) => user,
-            Some(("user", _)) => {
-                let message = "`to` names no valid user id";
-                return error(out, conn, rid_ref, cid, ErrorCode::BadRequest, message);
-            }
-            Some(("group", _)) => {
-                return error(
-                    out,
-                    conn,
-                    rid_ref,
-                    cid,
-                    ErrorCode::NotFound,
-                    "no such group",
-                );
-            }
-            _ => {
-                let message = "`to` is user:<id> or group:<gid>";
-                return error(out, conn, rid_ref, cid, ErrorCode::BadRequest, message);
-            }
+        // Checked on arrival already; a held send is checked again for nothing changed.
+        let Ok(to) = check_send(&send, self.config.max_body) else {
+            return;
         };
-        if send.body.len() > self.config.max_body {
-            let message = format!("`body` is over {} bytes", self.config.max_body);
-            return error(out, conn, rid_ref, cid, ErrorCode::TooLarge, &message);
-        }
-        if !valid_kind(&send.kind) {
-            let message = "`kind` is 1 to 16 of [a-z_], and not one the server reserves";
-            return error(out, conn, rid_ref, cid, ErrorCode::BadRequest, message);
-        }
         let session = self.sessions.get_mut(&conn).expect("caller checked");
         session.sends_in_flight += 1;
         let sender = session.user.to_string();
@@ -1033,6 +1010,30 @@ fn error(
 fn store_failure(_: &StoreError) -> &'static str {
     // The details go to the log; the client learns only that it may try again.
     "the message store failed; try again"
+}
+
+/// Why a `send` is refused before it reaches the store, or whom it is for.
+fn check_send(send: &protocol::Send, max_body: usize) -> Result<&str, (ErrorCode, String)> {
+    let bad = |message: &str| Err((ErrorCode::BadRequest, message.to_owned()));
+    if send.cid.is_empty() || send.cid.len() > MAX_CID {
+        return bad("`cid` must be 1 to 64 bytes");
+    }
+    let to = match send.to.split_once(':') {
+        Some(("user", user)) if valid_user_id(user) => user,
+        Some(("user", _)) => return bad("`to` names no valid user id"),
+        Some(("group", _)) => return Err((ErrorCode::NotFound, "no such group".to_owned())),
+        _ => return bad("`to` is user:<id> or group:<gid>"),
+    };
+    if send.body.len() > max_body {
+        return Err((
+            ErrorCode::TooLarge,
+            format!("`body` is over {max_body} bytes"),
+        ));
+    }
+    if !valid_kind(&send.kind) {
+        return bad("`kind` is 1 to 16 of [a-z_], and not one the server reserves");
+    }
+    Ok(to)
 }
 
 /// Kinds a client may send. `recall` and `group` entries are written by the server only.

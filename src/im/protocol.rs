@@ -13,6 +13,8 @@ pub type Rid = Box<RawValue>;
 
 /// Longest `cid` accepted: a UUID in any spelling fits, and it is stored per message.
 pub const MAX_CID: usize = 64;
+/// Longest `rid` accepted, as JSON text: it is echoed and may be held with a waiting send.
+pub const MAX_RID: usize = 128;
 /// Largest `limit` a `sync` page may ask for.
 pub const MAX_SYNC_PAGE: u32 = 1000;
 
@@ -85,11 +87,12 @@ pub fn parse(text: &[u8]) -> Result<(Request, Option<Rid>), BadRequest> {
     let cid = envelope.cid.map(|c| c.into_owned());
     if let Some(rid) = &rid {
         let first = rid.get().as_bytes()[0];
-        if !(first == b'"' || first == b'-' || first.is_ascii_digit()) {
+        if !(first == b'"' || first == b'-' || first.is_ascii_digit()) || rid.get().len() > MAX_RID
+        {
             return Err(BadRequest {
                 rid: None,
                 cid: None,
-                message: "`rid` must be a string or a number".to_owned(),
+                message: "`rid` must be a string or a number of at most 128 characters".to_owned(),
             });
         }
     }
@@ -281,6 +284,8 @@ mod tests {
         let e = bad(r#"{"type":"send","cid":"c","to":"user:b"}"#);
         assert!(e.message.contains("body"));
         assert_eq!(e.cid.as_deref(), Some("c"));
+        let long_rid = format!(r#"{{"type":"ping","rid":"{}"}}"#, "r".repeat(200));
+        assert!(bad(&long_rid).message.contains("rid"));
         assert!(bad(r#"{"type":"ping","rid":{"a":1}}"#)
             .message
             .contains("rid"));

@@ -65,6 +65,8 @@ const SCRATCH_KEEP: usize = 256 * 1024;
 /// thousands per second overflows mio's default of 1024.
 const BACKLOG: i32 = 4096;
 const EVENTS_PER_POLL: usize = 1024;
+/// Full reads of one connection per wake-up (1 MiB) before the others get their turn.
+const READS_PER_WAKEUP: usize = 16;
 
 /// Wakes the reactor from another thread; the reactor then calls [`Service::woken`].
 #[derive(Clone)]
@@ -110,6 +112,8 @@ struct Reactor<S> {
     dirty: Vec<ConnId>,
     /// Closes the service asked for during its last call.
     closes: Vec<(ConnId, u16, &'static str)>,
+    /// Connections whose read budget ran out with input still queued.
+    still_readable: Vec<ConnId>,
     config: NetConfig,
     service: S,
 }
@@ -153,6 +157,7 @@ impl<S: Service> Reactor<S> {
             scratch: Vec::with_capacity(READ_BUF),
             dirty: Vec::new(),
             closes: Vec::new(),
+            still_readable: Vec::new(),
             config,
             service,
         })
@@ -168,9 +173,14 @@ impl<S: Service> Reactor<S> {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let timeout = deadline.map(|deadline| {
-                Duration::from_millis(deadline.saturating_sub(self.clock.now_ms()))
-            });
+            let timeout = if self.still_readable.is_empty() {
+                deadline.map(|deadline| {
+                    Duration::from_millis(deadline.saturating_sub(self.clock.now_ms()))
+                })
+            } else {
+                // Input is waiting in a socket epoll will not report again: just look.
+                Some(Duration::ZERO)
+            };
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -198,6 +208,11 @@ impl<S: Service> Reactor<S> {
                             self.on_writable(id);
                         }
                     }
+                }
+            }
+            for id in std::mem::take(&mut self.still_readable) {
+                if self.live(id.to_u64()).is_some() {
+                    self.on_readable(id);
                 }
             }
             while let Some((_, key)) = self.wheel.poll(self.now) {
@@ -322,6 +337,18 @@ impl<S: Service> Reactor<S> {
     }
 
     fn on_readable(&mut self, id: ConnId) {
+        debug_assert!(
+            self.scratch.is_empty(),
+            "output of another connection left over"
+        );
+        self.read_and_flush(id);
+        // Whatever was produced for a connection that went away (EOF, reset) must not be
+        // written to the next one flushed.
+        self.scratch.clear();
+    }
+
+    fn read_and_flush(&mut self, id: ConnId) {
+        let mut reads = 0;
         loop {
             let conn = &mut self.conns[id.index as usize];
             if conn.unsent.len() + self.scratch.len() > self.config.out_soft_cap {
@@ -340,6 +367,13 @@ impl<S: Service> Reactor<S> {
                     _ => return,
                 }
             }
+            if reads == READS_PER_WAKEUP {
+                // Fairness: a peer that keeps its socket full must not hold the reactor.
+                // Edge-triggered epoll will not report the input already queued, so the
+                // connection is read again after this wake-up's other events.
+                self.still_readable.push(id);
+                break;
+            }
             conn.read_blocked = false;
             let read = match conn.socket.read(&mut self.read_buf) {
                 Ok(0) => return self.drop_conn(id),
@@ -348,6 +382,7 @@ impl<S: Service> Reactor<S> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return self.drop_conn(id),
             };
+            reads += 1;
             conn.last_read = self.now;
             if self.handle_input(id, read) == Flow::Dropped {
                 return;
@@ -455,7 +490,7 @@ impl<S: Service> Reactor<S> {
         };
         let mut pos = 0;
         let mut finished = false;
-        while pos < input.len() && !self.closes.iter().any(|&(conn, ..)| conn == id) {
+        while pos < input.len() {
             let (used, event) = match ws.read(&mut input[pos..], &mut self.scratch) {
                 Ok(step) => step,
                 // The close frame that fails the connection is already in `scratch`.
@@ -476,6 +511,16 @@ impl<S: Service> Reactor<S> {
             };
             let (service, mut out) = self.service_and_out(Some(id));
             service.message(id, opcode, payload, &mut out);
+            // A close the service asked for starts here, after what it sent. The rest of
+            // the input still goes through the decoder, which now drops data but keeps
+            // the frame boundaries, so the peer's answering close is still recognised.
+            if let Some(i) = self.closes.iter().position(|&(conn, ..)| conn == id) {
+                let (_, code, reason) = self.closes.swap_remove(i);
+                if ws.close(code, reason, &mut self.scratch) {
+                    let deadline = self.now + self.config.close_timeout_ms;
+                    self.arm(id, deadline);
+                }
+            }
         }
         if finished {
             self.apply_closes(Some(id));
@@ -596,17 +641,21 @@ impl<S: Service> Reactor<S> {
         if conn.unsent.is_empty() && conn.unsent.capacity() > 0 {
             conn.unsent = Vec::new();
         }
-        if conn.unsent.len() > config.out_hard_cap {
+        // Only once: a connection already lingering keeps the deadline it was given, or a
+        // peer that trickles bytes in could push it back forever.
+        if conn.unsent.len() > config.out_hard_cap && matches!(conn.phase, Phase::Upgraded(_)) {
             // A consumer this slow would make us hold its backlog without bound: close
             // with 1008 (PROTOCOL.md, bounded). The close frame queues behind the backlog;
             // if it cannot get through within the close timeout, the socket just goes.
             if let Phase::Upgraded(ws) = &mut conn.phase {
                 ws.close(close_code::POLICY, "slow consumer", &mut conn.unsent);
             }
-            conn.phase = lingering(conn.was_upgraded());
+            conn.phase = lingering(true);
             self.start_linger(id);
         }
-        self.update_interest(id);
+        if !self.update_interest(id) {
+            return;
+        }
         let conn = &mut self.conns[id.index as usize];
         if let Phase::Linger { write_shut, .. } = &mut conn.phase {
             if conn.unsent.is_empty() && !*write_shut {
@@ -616,11 +665,13 @@ impl<S: Service> Reactor<S> {
         }
     }
 
-    fn update_interest(&mut self, id: ConnId) {
+    /// Registers WRITABLE interest exactly while output is queued. False when epoll
+    /// refused and the connection was dropped.
+    fn update_interest(&mut self, id: ConnId) -> bool {
         let conn = &mut self.conns[id.index as usize];
         let wants_write = !conn.unsent.is_empty();
         if wants_write == conn.wants_write {
-            return;
+            return true;
         }
         conn.wants_write = wants_write;
         let interest = if wants_write {
@@ -636,7 +687,9 @@ impl<S: Service> Reactor<S> {
             .is_err()
         {
             self.drop_conn(id);
+            return false;
         }
+        true
     }
 
     fn on_timer(&mut self, key: u64) {
