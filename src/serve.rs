@@ -314,7 +314,8 @@ impl Drop for Server {
             let (sizes, commit) = (&stats.batch_sizes, &stats.commit_us);
             crate::log_info!(
                 "store: {} jobs in {} batches (mean {:.1}; p50 <= {}, p99 <= {}, max <= {} jobs), \
-                 commit p50 <= {} us, p99 <= {} us; checkpoint finish p99 <= {} us",
+                 commit p50 <= {} us, p99 <= {} us; {} checkpoints, the writer's share p50 <= {} us, \
+                 p99 <= {} us",
                 stats.jobs,
                 stats.batches,
                 stats.jobs as f64 / stats.batches.max(1) as f64,
@@ -323,6 +324,8 @@ impl Drop for Server {
                 sizes.quantile(1.0),
                 commit.quantile(0.5),
                 commit.quantile(0.99),
+                stats.checkpoints,
+                stats.checkpoint_finish_us.quantile(0.5),
                 stats.checkpoint_finish_us.quantile(0.99),
             );
         }
