@@ -300,6 +300,11 @@ impl Service for Server {
         self.apply(out);
     }
 
+    fn shutdown(&mut self, out: &mut Out<'_>) {
+        self.hub.shutdown(&mut self.actions);
+        self.apply(out);
+    }
+
     fn drained(&mut self) -> bool {
         !self.hub.has_pending()
     }

@@ -346,3 +346,63 @@ fn a_restart_keeps_inboxes_and_continues_the_seqs() {
         vec!["before 0", "before 1", "before 2", "before 3", "before 4", "after"]
     );
 }
+
+/// SIGTERM with requests in flight: the server finishes what it accepted before it says
+/// goodbye. Every send gets its answer (`sent`, or `unavailable` once the server stops
+/// taking work) before the 1001, and every `sent` is in the inbox after a restart.
+#[test]
+fn sigterm_answers_every_send_before_closing_1001() {
+    let dir = DataDir::new("sigterm-answers");
+    let mut server = Server::start_in(&dir.path, FLAGS);
+    let mut alice = server.connect("alice");
+    let total = 300;
+    for i in 0..total {
+        alice.queue(json!({"type": "send", "cid": format!("c{i}"), "to": "user:bob", "body": format!("m{i}")}));
+    }
+    alice.flush();
+    server.send_signal(libc::SIGTERM);
+    let mut sent = HashSet::new();
+    let mut refused = HashSet::new();
+    let code = loop {
+        match alice.recv(Duration::from_secs(5)) {
+            Some(Frame::Json(reply)) if reply["type"] == "sent" => {
+                sent.insert(reply["cid"].as_str().unwrap().to_owned());
+            }
+            Some(Frame::Json(reply)) if reply["type"] == "error" => {
+                assert_eq!(reply["code"], "unavailable", "{reply}");
+                refused.insert(reply["cid"].as_str().unwrap().to_owned());
+            }
+            Some(Frame::Close(code)) => break code,
+            other => panic!("before the close: {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(1001));
+    assert_eq!(
+        sent.len() + refused.len(),
+        total,
+        "every send answered before the goodbye ({} sent, {} refused)",
+        sent.len(),
+        refused.len()
+    );
+    let status = server.wait_exit(Duration::from_secs(5)).expect("exited");
+    assert!(status.success(), "exit status {status:?}");
+
+    let server = Server::start_in(&dir.path, FLAGS);
+    let mut bob = server.connect("bob");
+    let (msgs, _) = bob.sync_page(0, None);
+    let stored: HashSet<String> = msgs
+        .iter()
+        .map(|m| {
+            m["body"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches('m')
+                .to_owned()
+        })
+        .map(|i| format!("c{i}"))
+        .collect();
+    assert!(
+        sent.is_subset(&stored),
+        "a `sent` message is missing after the restart"
+    );
+}

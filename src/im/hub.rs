@@ -28,6 +28,9 @@ use crate::timer::{TimerId, Wheel};
 /// `unavailable`, so a client that floods during a sync cannot grow the hub's memory.
 const MAX_HELD: usize = 256;
 
+/// Why a request is refused while the server stops.
+const STOPPING: &str = "the server is shutting down: send again after it is back";
+
 /// How long after the store refused a catch-up or re-push read (its queue was full) the
 /// read is tried again.
 const STORE_RETRY_MS: u64 = 50;
@@ -187,6 +190,8 @@ pub struct Hub {
     pending: HashMap<u64, Pending>,
     next_tag: u64,
     timers: Wheel<ConnKey>,
+    /// The server is stopping: new sends and syncs are refused, the rest is finished.
+    stopping: bool,
 }
 
 impl Session {
@@ -326,6 +331,19 @@ impl Hub {
             pending: HashMap::new(),
             next_tag: 1,
             timers: Wheel::new(now),
+            stopping: false,
+        }
+    }
+
+    /// The server is stopping: sends waiting behind a sync are refused now, and new sends
+    /// and syncs from here on; what the store accepted is still answered.
+    pub fn shutdown(&mut self, out: &mut Vec<Action>) {
+        self.stopping = true;
+        for (&conn, session) in self.sessions.iter_mut() {
+            for (send, rid) in std::mem::take(&mut session.held) {
+                let (rid, cid) = (rid.as_deref(), Some(send.cid.as_str()));
+                error(out, conn, rid, cid, ErrorCode::Unavailable, STOPPING);
+            }
         }
     }
 
@@ -415,6 +433,20 @@ impl Hub {
                 return error(out, conn, rid, cid, ErrorCode::BadRequest, &bad.message);
             }
         };
+        if self.stopping && matches!(request, Request::Send(_) | Request::Sync { .. }) {
+            let cid = match &request {
+                Request::Send(send) => Some(send.cid.as_str()),
+                _ => None,
+            };
+            return error(
+                out,
+                conn,
+                rid.as_deref(),
+                cid,
+                ErrorCode::Unavailable,
+                STOPPING,
+            );
+        }
         match request {
             Request::Ping => {
                 let pong = Reply::Pong {

@@ -66,8 +66,14 @@ pub trait Service {
     /// Called once a wake-up at or after the deadline it last gave.
     fn on_time(&mut self, _out: &mut Out<'_>) {}
 
-    /// Shutdown began: no new connections, every connection is being closed with 1001.
-    /// The reactor exits once every connection is gone and this returns true.
+    /// Shutdown began: no new connections. The service should refuse new work and finish
+    /// what it accepted; connections stay open (and keep receiving) until [`drained`]
+    /// says so or the close timeout passes, then every one is closed with 1001.
+    ///
+    /// [`drained`]: Service::drained
+    fn shutdown(&mut self, _out: &mut Out<'_>) {}
+
+    /// Whether the work accepted before the shutdown is finished and answered.
     fn drained(&mut self) -> bool {
         true
     }

@@ -99,6 +99,10 @@ struct Reactor<S> {
     accept_paused: bool,
     signals: Signals,
     shutting_down: bool,
+    /// The 1001 closes went out: after the service drained (answered the work it had
+    /// accepted) or when `drain_deadline` passed.
+    goodbye_sent: bool,
+    drain_deadline: u64,
     conns: Slab<Connection>,
     next_generation: u32,
     wheel: Wheel<u64>,
@@ -148,6 +152,8 @@ impl<S: Service> Reactor<S> {
             accept_paused: false,
             signals,
             shutting_down: false,
+            goodbye_sent: false,
+            drain_deadline: 0,
             conns: Slab::new(),
             next_generation: 0,
             wheel: Wheel::new(0),
@@ -166,13 +172,23 @@ impl<S: Service> Reactor<S> {
     fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
         loop {
-            if self.shutting_down && self.conns.is_empty() && self.service.drained() {
+            if self.shutting_down && !self.goodbye_sent {
+                self.now = self.clock.now_ms();
+                if self.service.drained() || self.now >= self.drain_deadline {
+                    self.say_goodbye();
+                }
+            }
+            if self.goodbye_sent && self.conns.is_empty() {
                 return Ok(());
             }
-            let deadline = match (self.wheel.next_deadline(), self.service.next_deadline()) {
+            let mut deadline = match (self.wheel.next_deadline(), self.service.next_deadline()) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            if self.shutting_down && !self.goodbye_sent {
+                deadline =
+                    Some(deadline.map_or(self.drain_deadline, |d| d.min(self.drain_deadline)));
+            }
             let timeout = if self.still_readable.is_empty() {
                 deadline.map(|deadline| {
                     Duration::from_millis(deadline.saturating_sub(self.clock.now_ms()))
@@ -724,32 +740,44 @@ impl<S: Service> Reactor<S> {
         }
     }
 
+    /// Stops accepting and lets the service finish what it accepted (its replies still
+    /// reach the clients); the connections are closed with 1001 once it has, or after the
+    /// close timeout at the latest.
     fn begin_shutdown(&mut self) {
         if self.shutting_down {
             return;
         }
         self.shutting_down = true;
+        self.drain_deadline = self.now + self.config.close_timeout_ms;
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
-        let ids: Vec<ConnId> = self
-            .conns
+        for id in self.conn_ids() {
+            if matches!(self.conn(id).phase, Phase::Handshake { .. }) {
+                self.drop_conn(id);
+            }
+        }
+        self.with_service(None, |service, out| service.shutdown(out));
+    }
+
+    fn say_goodbye(&mut self) {
+        self.goodbye_sent = true;
+        for id in self.conn_ids() {
+            if matches!(self.conn(id).phase, Phase::Upgraded(_)) {
+                self.begin_close(id, close_code::GOING_AWAY, "server shutting down", true);
+                self.flush(id);
+            }
+        }
+    }
+
+    fn conn_ids(&self) -> Vec<ConnId> {
+        self.conns
             .iter()
             .map(|(index, conn)| ConnId {
                 index: index as u32,
                 generation: conn.generation,
             })
-            .collect();
-        for id in ids {
-            match self.conn(id).phase {
-                Phase::Handshake { .. } => self.drop_conn(id),
-                Phase::Upgraded(_) => {
-                    self.begin_close(id, close_code::GOING_AWAY, "server shutting down", true);
-                    self.flush(id);
-                }
-                Phase::Linger { .. } => {}
-            }
-        }
+            .collect()
     }
 
     /// Closes the socket (which also removes it from epoll) and forgets the connection.
