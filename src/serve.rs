@@ -319,7 +319,7 @@ impl Drop for Server {
             let (sizes, commit) = (&stats.batch_sizes, &stats.commit_us);
             crate::log_info!(
                 "store: {} jobs in {} batches (mean {:.1}; p50 <= {}, p99 <= {}, max <= {} jobs), \
-                 commit p50 <= {} us, p99 <= {} us; {} checkpoints, the writer's share p50 <= {} us, \
+                 commit p50 <= {} us, p99 <= {} us; {} checkpoint steps on the writer, each p50 <= {} us, \
                  p99 <= {} us",
                 stats.jobs,
                 stats.batches,
@@ -329,7 +329,7 @@ impl Drop for Server {
                 sizes.quantile(1.0),
                 commit.quantile(0.5),
                 commit.quantile(0.99),
-                stats.checkpoints,
+                stats.checkpoint_finish_us.count(),
                 stats.checkpoint_finish_us.quantile(0.5),
                 stats.checkpoint_finish_us.quantile(0.99),
             );
