@@ -793,6 +793,7 @@ impl Hub {
             user,
             after,
             limit: limit.clamp(1, u64::from(u32::MAX)) as u32,
+            max_bytes: self.config.window_bytes,
         }));
     }
 
@@ -836,15 +837,14 @@ impl Hub {
         };
         let user = session.user.clone();
         match read {
-            Read::Sync { rid, after, limit } => {
+            Read::Sync { rid, after, .. } => {
                 // At most `window_bytes` of JSON per page (and at least one entry), so a
-                // page of large messages cannot swamp the connection's queue.
+                // page of large messages cannot swamp the connection's queue. The reader
+                // stops at about as many bytes of bodies; this bounds the JSON around them.
                 let mut sizes = Vec::with_capacity(page.entries.len());
                 let mut total = 0;
-                let mut cut = false;
                 for entry in &page.entries {
                     if total >= self.config.window_bytes {
-                        cut = true;
                         break;
                     }
                     let bytes = push_entry(out, conn, &user, entry);
@@ -852,7 +852,9 @@ impl Hub {
                     sizes.push((entry.seq, bytes));
                 }
                 let last = sizes.last().map_or(after, |&(seq, _)| seq);
-                let more = cut || (page.entries.len() >= limit as usize && last < page.head);
+                // Short of the head means the page stopped early (its limit, or the bytes
+                // the reader or this loop allows): the client syncs again from `last`.
+                let more = last < page.head;
                 let synced = Reply::Synced {
                     rid: rid.as_deref(),
                     seq: last,

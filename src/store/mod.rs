@@ -203,6 +203,10 @@ pub enum Job {
         after: u64,
         /// At most this many entries. The caller caps it (PROTOCOL.md: default 1000).
         limit: u32,
+        /// And no more entries once their bodies reach this many bytes (at least one entry
+        /// is read): the caller sends at most that much at once, and reading the rest
+        /// would cost the reader for nothing.
+        max_bytes: u64,
     },
 }
 

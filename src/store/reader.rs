@@ -30,8 +30,12 @@ impl Reader {
         while let Ok(job) = self.jobs.recv() {
             let outcome = match &job {
                 Job::Page {
-                    user, after, limit, ..
-                } => page(&mut self.conn, user, *after, *limit)
+                    user,
+                    after,
+                    limit,
+                    max_bytes,
+                    ..
+                } => page(&mut self.conn, user, *after, *limit, *max_bytes)
                     .map(Outcome::Page)
                     .map_err(sql),
                 Job::Send { .. } => {
@@ -46,7 +50,13 @@ impl Reader {
     }
 }
 
-fn page(conn: &mut Connection, user: &str, after: u64, limit: u32) -> rusqlite::Result<Page> {
+fn page(
+    conn: &mut Connection,
+    user: &str,
+    after: u64,
+    limit: u32,
+    max_bytes: u64,
+) -> rusqlite::Result<Page> {
     // One read transaction for both statements: the snapshot is taken at the first SELECT,
     // so the head and the entries describe the same moment.
     let tx = conn.transaction()?;
@@ -89,7 +99,17 @@ fn page(conn: &mut Connection, user: &str, after: u64, limit: u32) -> rusqlite::
                 ref_mid: get_opt_u64(row, 8)?,
             })
         })?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()?
+        let mut entries = Vec::new();
+        let mut bytes = 0u64;
+        for row in rows {
+            let entry = row?;
+            bytes += entry.body.len() as u64;
+            entries.push(entry);
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        entries
     };
     tx.commit()?;
     Ok(Page { entries, head })

@@ -77,6 +77,7 @@ fn page_job(tag: u64, user: &str, after: u64, limit: u32) -> Job {
         user: user.into(),
         after,
         limit,
+        max_bytes: u64::MAX,
     }
 }
 
@@ -999,4 +1000,39 @@ fn paced_50k_per_s_normal() {
 #[ignore = "latency figure, run in release"]
 fn paced_50k_per_s_full() {
     paced(Synchronous::Full, 50_000, 5);
+}
+
+#[test]
+fn a_page_stops_once_its_bodies_reach_the_byte_budget_but_holds_at_least_one_entry() {
+    let dir = TempDir::new("page-bytes");
+    let (store, done, _) = open_ok(&config(&dir));
+    for i in 0..10 {
+        submit(
+            &store,
+            send_job(i, "a", "b", &format!("c{i}"), &"x".repeat(100)),
+        );
+        recv_sent(&done);
+    }
+    let read = |after: u64, max_bytes: u64| {
+        submit(
+            &store,
+            Job::Page {
+                tag: 1,
+                user: "b".into(),
+                after,
+                limit: 1000,
+                max_bytes,
+            },
+        );
+        recv_page(&done)
+    };
+    let seqs = |page: &Page| page.entries.iter().map(|e| e.seq).collect::<Vec<_>>();
+    // Stops with the entry that reaches the budget.
+    assert_eq!(seqs(&read(0, 250)), [1, 2, 3]);
+    assert_eq!(seqs(&read(0, 300)), [1, 2, 3]);
+    // A body larger than the whole budget still comes, alone.
+    assert_eq!(seqs(&read(4, 1)), [5]);
+    let all = read(0, u64::MAX);
+    assert_eq!(all.entries.len(), 10);
+    assert_eq!(all.head, 10);
 }

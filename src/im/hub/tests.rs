@@ -138,15 +138,19 @@ impl FakeStore {
                 user,
                 after,
                 limit,
+                max_bytes,
             } => {
-                let entries = self.inboxes.get(&user).map_or(Vec::new(), |inbox| {
-                    inbox
-                        .iter()
-                        .filter(|e| e.seq > after)
-                        .take(limit as usize)
-                        .cloned()
-                        .collect()
-                });
+                // As the real reader: at most `limit` entries, stopping once the bodies
+                // reach `max_bytes` (at least one).
+                let mut entries = Vec::new();
+                let mut bytes = 0;
+                for entry in self.inboxes.get(&user).into_iter().flatten() {
+                    if entry.seq <= after || entries.len() >= limit as usize || bytes >= max_bytes {
+                        continue;
+                    }
+                    bytes += entry.body.len() as u64;
+                    entries.push(entry.clone());
+                }
                 let head = self.head(&user);
                 Completion::Page {
                     tag,
