@@ -13,7 +13,9 @@ use crossbeam_channel::Receiver;
 use crate::clock;
 use crate::forwarded::{self, TrustedProxies};
 use crate::im::auth;
-use crate::im::hub::{Action, Hub, HubConfig, Now, UNSUPPORTED_DATA};
+use crate::im::hub::{Action, Hub, HubConfig, Now, Traffic, UNSUPPORTED_DATA};
+use crate::im::protocol::ErrorCode;
+use crate::metrics::{self, Metrics};
 use crate::net::{Admission, ConnId, Out, Service, Waker};
 use crate::store::{self, Completion, Store, StoreConfig};
 use crate::ws::frame::OpCode;
@@ -48,6 +50,9 @@ pub struct Server {
     echoing: HashSet<ConnId>,
     started: Instant,
     actions: Vec<Action>,
+    /// Counted here, on the reactor thread, from what passes through; `/metrics` renders
+    /// them with the store's own figures.
+    metrics: Metrics,
 }
 
 impl Server {
@@ -69,6 +74,7 @@ impl Server {
             echoing: HashSet::new(),
             started: Instant::now(),
             actions: Vec::new(),
+            metrics: Metrics::new(),
         })
     }
 
@@ -87,8 +93,14 @@ impl Server {
             );
             i += 1;
             match action {
-                Action::Send { conn, text } => {
-                    out.send(ConnId::from_u64(conn), OpCode::Text, &text);
+                Action::Send {
+                    conn,
+                    text,
+                    traffic,
+                } => {
+                    if out.send(ConnId::from_u64(conn), OpCode::Text, &text) {
+                        self.count(traffic);
+                    }
                 }
                 Action::Close { conn, code, reason } => {
                     out.close(ConnId::from_u64(conn), code, reason)
@@ -107,6 +119,42 @@ impl Server {
             }
         }
         self.actions.clear();
+    }
+
+    fn count(&mut self, traffic: Traffic) {
+        let m = &mut self.metrics;
+        m.messages_out.inc();
+        match traffic {
+            Traffic::Reply => {}
+            Traffic::Synced => m.sync_replays.inc(),
+            Traffic::Push => m.pushes.inc(),
+            Traffic::Repush => m.repushes.inc(),
+            Traffic::Error(code) => {
+                m.errors.inc(code.as_str());
+                if code == ErrorCode::RateLimited {
+                    m.rate_limited.inc();
+                }
+            }
+        }
+    }
+
+    fn render_metrics(&self) -> String {
+        let store = self.store.as_ref().map(Store::stats);
+        let uptime = self.started.elapsed().as_secs_f64();
+        let acks = self.hub.acks();
+        // The hub counts acks itself: the only request that may get no reply at all.
+        let mut metrics = self.metrics.clone();
+        metrics.acks.add(acks);
+        metrics.render(&mut |x| {
+            x.gauge(
+                "courier_uptime_seconds",
+                "Seconds since the server started.",
+                uptime,
+            );
+            if let Some(stats) = &store {
+                x.store_stats(stats);
+            }
+        })
     }
 
     fn now(out: &Out<'_>) -> Now {
@@ -142,12 +190,31 @@ impl Service for Server {
     fn http(&mut self, request: &Request<'_>, _peer: SocketAddr, out: &mut Vec<u8>) {
         match request.path() {
             "/healthz" => {
+                let writable = self.store.is_some();
                 let body = format!(
-                    "{{\"status\":\"ok\",\"version\":\"{}\",\"uptime_ms\":{}}}",
+                    "{{\"status\":\"{}\",\"version\":\"{}\",\"uptime_ms\":{},\
+                     \"connections\":{},\"store_writable\":{writable}}}",
+                    if writable { "ok" } else { "unavailable" },
                     env!("CARGO_PKG_VERSION"),
-                    self.started.elapsed().as_millis()
+                    self.started.elapsed().as_millis(),
+                    self.metrics.connections_open.get(),
                 );
-                respond_json(out, 200, "OK", &body);
+                if writable {
+                    respond_json(out, 200, "OK", &body);
+                } else {
+                    respond_json(out, 503, "Service Unavailable", &body);
+                }
+            }
+            "/metrics" => {
+                let body = self.render_metrics();
+                handshake::write_response(
+                    out,
+                    200,
+                    "OK",
+                    metrics::CONTENT_TYPE,
+                    &[("Cache-Control", "no-store")],
+                    body.as_bytes(),
+                );
             }
             "/dev/token" if self.dev_login => {
                 match request
@@ -243,6 +310,8 @@ impl Service for Server {
     }
 
     fn opened(&mut self, conn: ConnId, out: &mut Out<'_>) {
+        self.metrics.connections_opened.inc();
+        self.metrics.connections_open.inc();
         if let Some(user) = self.admitted.remove(&conn) {
             let now = Self::now(out);
             self.hub
@@ -256,6 +325,7 @@ impl Service for Server {
             out.send(conn, opcode, payload);
             return;
         }
+        self.metrics.messages_in.inc();
         if opcode != OpCode::Text {
             out.close(
                 conn,
@@ -270,7 +340,9 @@ impl Service for Server {
         self.apply(out);
     }
 
-    fn closed(&mut self, conn: ConnId) {
+    fn closed(&mut self, conn: ConnId, code: u16) {
+        self.metrics.connections_open.dec();
+        self.metrics.connections_closed.inc(code);
         if !self.echoing.remove(&conn) {
             self.admitted.remove(&conn);
             self.hub.disconnect(conn.to_u64());

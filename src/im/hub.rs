@@ -81,11 +81,29 @@ impl Default for HubConfig {
     }
 }
 
+/// What a frame the hub sends is, for the owner's counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Traffic {
+    /// A reply to a request (`welcome` too).
+    Reply,
+    /// A `synced`: the end of a sync page.
+    Synced,
+    /// An inbox entry pushed for the first time on this connection.
+    Push,
+    /// An entry pushed again after an ack timeout.
+    Repush,
+    Error(ErrorCode),
+}
+
 /// What the hub asks of its owner.
 #[derive(Debug)]
 pub enum Action {
     /// Send one text frame.
-    Send { conn: ConnKey, text: Vec<u8> },
+    Send {
+        conn: ConnKey,
+        text: Vec<u8>,
+        traffic: Traffic,
+    },
     Close {
         conn: ConnKey,
         code: u16,
@@ -192,6 +210,8 @@ pub struct Hub {
     timers: Wheel<ConnKey>,
     /// The server is stopping: new sends and syncs are refused, the rest is finished.
     stopping: bool,
+    /// `ack` requests handled (for `/metrics`).
+    acks: u64,
 }
 
 impl Session {
@@ -332,6 +352,7 @@ impl Hub {
             next_tag: 1,
             timers: Wheel::new(now),
             stopping: false,
+            acks: 0,
         }
     }
 
@@ -345,6 +366,11 @@ impl Hub {
                 error(out, conn, rid, cid, ErrorCode::Unavailable, STOPPING);
             }
         }
+    }
+
+    /// `ack` requests handled since the start.
+    pub fn acks(&self) -> u64 {
+        self.acks
     }
 
     /// Store jobs submitted and not yet answered (graceful shutdown waits for them).
@@ -481,6 +507,7 @@ impl Hub {
                 }
             }
             Request::Ack { seq } => {
+                self.acks += 1;
                 self.ack(conn, seq, out);
                 ok(out, conn, rid.as_deref());
             }
@@ -729,6 +756,7 @@ impl Hub {
             out.push(Action::Send {
                 conn,
                 text: text.to_vec(),
+                traffic: Traffic::Push,
             });
             session.pushed(seq, now, text.len());
             self.arm(conn);
@@ -847,7 +875,7 @@ impl Hub {
                     if total >= self.config.window_bytes {
                         break;
                     }
-                    let bytes = push_entry(out, conn, &user, entry);
+                    let bytes = push_entry(out, conn, &user, entry, Traffic::Push);
                     total += bytes as u64;
                     sizes.push((entry.seq, bytes));
                 }
@@ -890,7 +918,7 @@ impl Hub {
             Read::CatchUp => {
                 for entry in &page.entries {
                     if entry.seq == session.delivered + 1 && session.has_room(&self.config) {
-                        let bytes = push_entry(out, conn, &user, entry);
+                        let bytes = push_entry(out, conn, &user, entry, Traffic::Push);
                         session.pushed(entry.seq, now.mono, bytes);
                     }
                 }
@@ -898,7 +926,7 @@ impl Hub {
             Read::Repush => {
                 for entry in &page.entries {
                     if entry.seq > session.acked && entry.seq <= session.delivered {
-                        push_entry(out, conn, &user, entry);
+                        push_entry(out, conn, &user, entry, Traffic::Repush);
                     }
                 }
             }
@@ -993,7 +1021,13 @@ impl Hub {
 }
 
 /// Pushes one stored entry; returns its length on the wire.
-fn push_entry(out: &mut Vec<Action>, conn: ConnKey, user: &str, entry: &Entry) -> usize {
+fn push_entry(
+    out: &mut Vec<Action>,
+    conn: ConnKey,
+    user: &str,
+    entry: &Entry,
+    traffic: Traffic,
+) -> usize {
     let msg = Msg {
         seq: entry.seq,
         mid: entry.mid,
@@ -1007,14 +1041,25 @@ fn push_entry(out: &mut Vec<Action>, conn: ConnKey, user: &str, entry: &Entry) -
     };
     let text = Reply::Msg(msg).to_json();
     let bytes = text.len();
-    out.push(Action::Send { conn, text });
+    out.push(Action::Send {
+        conn,
+        text,
+        traffic,
+    });
     bytes
 }
 
 fn reply(out: &mut Vec<Action>, conn: ConnKey, reply: &Reply<'_>) {
+    let traffic = match reply {
+        Reply::Synced { .. } => Traffic::Synced,
+        Reply::Error { code, .. } => Traffic::Error(*code),
+        Reply::Msg(_) => Traffic::Push,
+        _ => Traffic::Reply,
+    };
     out.push(Action::Send {
         conn,
         text: reply.to_json(),
+        traffic,
     });
 }
 

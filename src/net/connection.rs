@@ -43,6 +43,9 @@ pub(super) struct Connection {
     pub read_blocked: bool,
     /// Listed in the reactor's dirty list: output was queued by another connection's event.
     pub dirty: bool,
+    /// The close code sent or received first, 0 while there is none (for the service's
+    /// `closed`, which reports 1006 for a connection that ended without one).
+    pub close_code: u16,
 }
 
 impl Connection {
@@ -60,6 +63,7 @@ impl Connection {
             wants_write: false,
             read_blocked: false,
             dirty: false,
+            close_code: 0,
         }
     }
 

@@ -153,6 +153,10 @@ pub mod close_code {
     pub const INTERNAL_ERROR: u16 = 1011;
     /// courier: the client did not acknowledge pushes in time.
     pub const ACK_TIMEOUT: u16 = 4008;
+    /// Never on the wire (§7.4.1): a close frame that carried no status code.
+    pub const NO_STATUS: u16 = 1005;
+    /// Never on the wire (§7.4.1): the connection ended without a close frame.
+    pub const ABNORMAL: u16 = 1006;
 
     /// §7.4.1/§7.4.2: may this code appear in a close frame? 1004-1006 and 1015 are
     /// reserved for local use ("MUST NOT be set as a status code in a Close control frame");

@@ -330,7 +330,7 @@ impl Harness {
         let mut out = Out::default();
         for action in actions {
             out.0.push(match action {
-                Action::Send { conn, text } => {
+                Action::Send { conn, text, .. } => {
                     let value: Value = serde_json::from_slice(&text)
                         .unwrap_or_else(|e| panic!("frame to {conn} is not JSON ({e}): {text:?}"));
                     assert!(value["type"].is_string(), "frame without a type: {value}");
@@ -1295,7 +1295,7 @@ impl Sim {
                         self.hub.disconnect(conn);
                     }
                 }
-                Action::Send { conn, text } => {
+                Action::Send { conn, text, .. } => {
                     let Some(d) = self.device_of(conn) else {
                         let text = String::from_utf8_lossy(&text);
                         self.note(|| format!("  dropped, conn {conn} ← {text}"));
