@@ -172,3 +172,29 @@ pub fn help(mode: &str, about: &str, table: &[Flag]) -> String {
     s.push('\n');
     s
 }
+
+/// A mode's command line turned into its options: `--help` printed, or a usage error
+/// reported. `Err` carries the exit code to return (0 after help, 2 on bad input).
+pub fn options<O>(
+    mode: &str,
+    about: &str,
+    table: &'static [Flag],
+    argv: &[String],
+    opts: impl FnOnce(&Values) -> Result<O, String>,
+) -> Result<O, i32> {
+    let values = match parse(argv, table) {
+        Ok(Parsed::Run(values)) => values,
+        Ok(Parsed::Help) => {
+            print!("{}", help(mode, about, table));
+            return Err(0);
+        }
+        Err(e) => {
+            eprintln!("courier-bench {mode}: {e}\n(try courier-bench {mode} --help)");
+            return Err(2);
+        }
+    };
+    opts(&values).map_err(|e| {
+        eprintln!("courier-bench {mode}: {e}");
+        2
+    })
+}

@@ -19,7 +19,7 @@ use courier::ws::conn::{Conn, Event};
 use courier::ws::frame::{close_code, OpCode};
 use mio::{Events, Interest, Poll, Token};
 
-use crate::args::{self, Flag, Parsed};
+use crate::args::{self, Flag};
 use crate::client::{self, Client, HandshakeError, Phase, Target};
 use crate::stats::{self, Histogram, Progress};
 
@@ -243,23 +243,9 @@ fn ping_interval(
 
 /// Entry point; returns the process exit code.
 pub fn main(argv: &[String]) -> i32 {
-    let values = match args::parse(argv, FLAGS) {
-        Ok(Parsed::Run(v)) => v,
-        Ok(Parsed::Help) => {
-            print!("{}", args::help("connect", ABOUT, FLAGS));
-            return 0;
-        }
-        Err(e) => {
-            eprintln!("courier-bench connect: {e}\n(try courier-bench connect --help)");
-            return 2;
-        }
-    };
-    let mut opts = match opts(&values) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("courier-bench connect: {e}");
-            return 2;
-        }
+    let mut opts = match args::options("connect", ABOUT, FLAGS, argv, opts) {
+        Ok(opts) => opts,
+        Err(code) => return code,
     };
     match prepare(&mut opts) {
         Ok(baseline) => run(&opts, baseline),
@@ -1484,6 +1470,7 @@ fn report(opts: &Opts, t: &Totals, server: Option<&Server>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::args::Parsed;
 
     #[test]
     fn vmrss_parsing() {

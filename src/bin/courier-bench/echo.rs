@@ -19,7 +19,7 @@ use courier::ws::frame::{close_code, OpCode};
 use mio::event::Event as MioEvent;
 use mio::{Events, Poll};
 
-use crate::args::{self, Flag, Parsed};
+use crate::args::{self, Flag};
 use crate::client::{self, Client, Plan, SetupError, Target};
 use crate::stats::{self, Histogram, Live, LiveSnapshot, Progress};
 
@@ -130,23 +130,9 @@ fn opts(values: &args::Values) -> Result<Opts, String> {
 
 /// Entry point; returns the process exit code.
 pub fn main(argv: &[String]) -> i32 {
-    let values = match args::parse(argv, FLAGS) {
-        Ok(Parsed::Run(v)) => v,
-        Ok(Parsed::Help) => {
-            print!("{}", args::help("echo", ABOUT, FLAGS));
-            return 0;
-        }
-        Err(e) => {
-            eprintln!("courier-bench echo: {e}\n(try courier-bench echo --help)");
-            return 2;
-        }
-    };
-    let opts = match opts(&values) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("courier-bench echo: {e}");
-            return 2;
-        }
+    let opts = match args::options("echo", ABOUT, FLAGS, argv, opts) {
+        Ok(opts) => opts,
+        Err(code) => return code,
     };
     // One descriptor per connection, plus an epoll fd per thread and stdio.
     if let Err(e) =

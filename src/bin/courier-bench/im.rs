@@ -26,7 +26,7 @@ use courier::ws::conn::Event as WsEvent;
 use courier::ws::frame::{close_code, OpCode};
 use mio::{Events, Poll};
 
-use crate::args::{self, Flag, Parsed};
+use crate::args::{self, Flag};
 use crate::client::{self, Client, Plan, SetupError, Target};
 use crate::ledger::{self, Check, Entry, Inbox, Origin, SendRec, Stamp, UserLog};
 use crate::stats::{self, Histogram, Progress};
@@ -249,23 +249,9 @@ fn opts(values: &args::Values) -> Result<Opts, String> {
 
 /// Entry point; returns the process exit code.
 pub fn main(argv: &[String]) -> i32 {
-    let values = match args::parse(argv, FLAGS) {
-        Ok(Parsed::Run(v)) => v,
-        Ok(Parsed::Help) => {
-            print!("{}", args::help("im", ABOUT, FLAGS));
-            return 0;
-        }
-        Err(e) => {
-            eprintln!("courier-bench im: {e}\n(try courier-bench im --help)");
-            return 2;
-        }
-    };
-    let opts = match opts(&values) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("courier-bench im: {e}");
-            return 2;
-        }
+    let opts = match args::options("im", ABOUT, FLAGS, argv, opts) {
+        Ok(opts) => opts,
+        Err(code) => return code,
     };
     if let Err(e) = client::ensure_fd_limit((opts.users + 16 + 2 * opts.threads) as libc::rlim_t) {
         eprintln!("courier-bench im: {e}");
@@ -1638,6 +1624,7 @@ fn report(opts: &Opts, t: &Totals, check: &Check, tl: &Timeline) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::args::Parsed;
 
     #[test]
     fn user_ids_map_back_to_indexes() {
