@@ -583,7 +583,7 @@ impl Hub {
                     ErrorCode::Unavailable,
                     message,
                 );
-                self.send_done(conn, now, out);
+                self.send_done(conn, out);
             }
             Some(Pending::Read { conn, read }) => {
                 let Some(session) = self.sessions.get_mut(&conn) else {
@@ -645,7 +645,7 @@ impl Hub {
                         );
                     }
                 }
-                self.send_done(conn, now, out);
+                self.send_done(conn, out);
             }
             Completion::Page { tag, result, .. } => {
                 let Some(Pending::Read { conn, read }) = self.pending.remove(&tag) else {
@@ -657,7 +657,7 @@ impl Hub {
     }
 
     /// One of `conn`'s sends is answered; a sync waiting for it may start.
-    fn send_done(&mut self, conn: ConnKey, _now: Now, out: &mut Vec<Action>) {
+    fn send_done(&mut self, conn: ConnKey, out: &mut Vec<Action>) {
         if let Some(session) = self.sessions.get_mut(&conn) {
             session.sends_in_flight -= 1;
             if session.sends_in_flight == 0 {

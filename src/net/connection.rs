@@ -67,6 +67,14 @@ impl Connection {
         }
     }
 
+    /// Records the close code sent or received, unless one already was: the first one is
+    /// what the connection ended with.
+    pub fn note_close(&mut self, code: u16) {
+        if self.close_code == 0 {
+            self.close_code = code;
+        }
+    }
+
     /// Was this connection upgraded (so the service knows of it)?
     pub fn was_upgraded(&self) -> bool {
         match self.phase {

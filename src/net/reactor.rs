@@ -506,19 +506,12 @@ impl<S: Service> Reactor<S> {
         };
         let mut pos = 0;
         let mut finished = false;
-        // The first close code seen on this connection, for the service's counters.
-        let first_code = |conns: &mut Slab<Connection>, code: u16| {
-            let conn = &mut conns[id.index as usize];
-            if conn.close_code == 0 {
-                conn.close_code = code;
-            }
-        };
         while pos < input.len() {
             let (used, event) = match ws.read(&mut input[pos..], &mut self.scratch) {
                 Ok(step) => step,
                 // The close frame that fails the connection is already in `scratch`.
                 Err(e) => {
-                    first_code(&mut self.conns, e.close_code());
+                    self.conns[id.index as usize].note_close(e.close_code());
                     finished = true;
                     break;
                 }
@@ -528,7 +521,7 @@ impl<S: Service> Reactor<S> {
                 Some(Event::Text(payload)) => (OpCode::Text, payload),
                 Some(Event::Binary(payload)) => (OpCode::Binary, payload),
                 Some(Event::Closed(code)) => {
-                    first_code(&mut self.conns, code.unwrap_or(close_code::NO_STATUS));
+                    self.conns[id.index as usize].note_close(code.unwrap_or(close_code::NO_STATUS));
                     finished = true;
                     break;
                 }
@@ -541,7 +534,7 @@ impl<S: Service> Reactor<S> {
             // the frame boundaries, so the peer's answering close is still recognised.
             if let Some(i) = self.closes.iter().position(|&(conn, ..)| conn == id) {
                 let (_, code, reason) = self.closes.swap_remove(i);
-                first_code(&mut self.conns, code);
+                self.conns[id.index as usize].note_close(code);
                 if ws.close(code, reason, &mut self.scratch) {
                     let deadline = self.now + self.config.close_timeout_ms;
                     self.arm(id, deadline);
@@ -613,9 +606,7 @@ impl<S: Service> Reactor<S> {
             &mut conn.unsent
         };
         if ws.close(code, reason, out) {
-            if conn.close_code == 0 {
-                conn.close_code = code;
-            }
+            conn.note_close(code);
             if !into_scratch && !conn.dirty {
                 conn.dirty = true;
                 self.dirty.push(id);
@@ -679,9 +670,7 @@ impl<S: Service> Reactor<S> {
             if let Phase::Upgraded(ws) = &mut conn.phase {
                 ws.close(close_code::POLICY, "slow consumer", &mut conn.unsent);
             }
-            if conn.close_code == 0 {
-                conn.close_code = close_code::POLICY;
-            }
+            conn.note_close(close_code::POLICY);
             conn.phase = lingering(true);
             self.start_linger(id);
         }
