@@ -40,16 +40,22 @@ fn record_sent(acked: &mut Acked, sent: &Value) {
     assert!(previous.is_none(), "one `sent` per cid: {sent}");
 }
 
+/// What a stream learned: how many cids it sent, the `sent` of each acknowledged one, how
+/// many were in flight at the cut, and the cids the server refused as `unavailable`
+/// because they reached it after shutdown began.
+struct Streamed {
+    sent_cids: u64,
+    acked: Acked,
+    in_flight: u64,
+    refused: HashSet<u64>,
+}
+
 /// Streams sends from `alice` to bob (cids 0, 1, 2, …), `IN_FLIGHT` at a time, recording
-/// every `sent`, until `stop` returns true; then calls `cut` (which kills or stops the
-/// server) and reads whatever `sent`s still arrive. Returns (cids sent, acked, cids in
-/// flight when cut).
-fn stream_until_cut(
-    alice: &mut Client,
-    run_for: Duration,
-    cut: impl FnOnce(),
-) -> (u64, Acked, u64) {
+/// every `sent`, for `run_for`; then calls `cut` (which kills or stops the server) and
+/// reads whatever answers still arrive.
+fn stream_until_cut(alice: &mut Client, run_for: Duration, cut: impl FnOnce()) -> Streamed {
     let mut acked = Acked::new();
+    let mut refused = HashSet::new();
     let mut next = 0u64;
     let start = Instant::now();
     while start.elapsed() < run_for {
@@ -69,13 +75,29 @@ fn stream_until_cut(
     loop {
         match alice.recv(Duration::from_secs(3)) {
             Some(Frame::Json(value)) if value["type"] == "sent" => record_sent(&mut acked, &value),
+            // A send that lands after SIGTERM is refused, never half-taken.
+            Some(Frame::Json(value))
+                if value["type"] == "error" && value["code"] == "unavailable" =>
+            {
+                let cid = value["cid"].as_str().and_then(|c| c.parse().ok());
+                assert!(refused.insert(cid.expect("numeric cid")), "{value}");
+            }
             Some(Frame::Json(value)) => panic!("unexpected {value}"),
             Some(Frame::Close(_) | Frame::Ended) => break,
             None => panic!("the connection outlived the server"),
             Some(other) => panic!("unexpected {other:?}"),
         }
     }
-    (next, acked, in_flight)
+    assert!(
+        refused.iter().all(|cid| !acked.contains_key(cid)),
+        "a cid both sent and refused"
+    );
+    Streamed {
+        sent_cids: next,
+        acked,
+        in_flight,
+        refused,
+    }
 }
 
 /// Checks bob's inbox against what alice sent and learned. Returns the cids in it.
@@ -197,8 +219,13 @@ fn kill_9_mid_stream_loses_no_sent_message() {
         }
     });
     let mut alice = server.connect("alice");
-    let (sent_cids, acked, in_flight) =
-        stream_until_cut(&mut alice, Duration::from_secs(1), || server.kill9());
+    let Streamed {
+        sent_cids,
+        acked,
+        in_flight,
+        refused,
+    } = stream_until_cut(&mut alice, Duration::from_secs(1), || server.kill9());
+    assert!(refused.is_empty(), "kill -9 leaves no time to refuse");
     drop(alice);
     let pushed = watcher.join().expect("bob's watcher");
     assert!(in_flight > 0, "the kill came mid-stream");
@@ -276,7 +303,12 @@ fn a_clean_shutdown_keeps_every_sent_message_and_exits_0() {
     let mut bob = server.connect("bob");
     let mut alice = server.connect("alice");
     let mut status = None;
-    let (sent_cids, acked, _) = stream_until_cut(&mut alice, Duration::from_millis(500), || {
+    let Streamed {
+        sent_cids,
+        acked,
+        refused,
+        ..
+    } = stream_until_cut(&mut alice, Duration::from_millis(500), || {
         status = Some(server.terminate(Duration::from_secs(5)));
     });
     let status = status.unwrap().expect("exited within 5 s of SIGTERM");
@@ -300,6 +332,10 @@ fn a_clean_shutdown_keeps_every_sent_message_and_exits_0() {
     let mut bob = server.connect("bob");
     let stored = check_inbox(&mut bob, sent_cids, &acked);
     assert!(stored.len() >= acked.len());
+    assert!(
+        stored.is_disjoint(&refused),
+        "a send refused as unavailable was stored anyway"
+    );
     let mut alice = server.connect("alice");
     check_sender_inbox(&mut alice, &acked);
 }
