@@ -569,10 +569,7 @@ impl Hub {
 
     /// The store could not take `job` (its queue is full or it is shutting down).
     pub fn store_refused(&mut self, job: Job, now: Now, out: &mut Vec<Action>) {
-        let tag = match &job {
-            Job::Send { tag, .. } | Job::Page { tag, .. } => *tag,
-        };
-        match self.pending.remove(&tag) {
+        match self.pending.remove(&job.tag()) {
             Some(Pending::Send { conn, rid, cid }) => {
                 let message = "the server is busy: send again";
                 error(
@@ -653,6 +650,7 @@ impl Hub {
                 };
                 self.page(conn, read, result, now, out);
             }
+            _ => {}
         }
     }
 

@@ -28,6 +28,11 @@ pub enum StoreError {
     /// The job carries a value the store cannot represent; nothing was written for it and
     /// the rest of its batch was unaffected.
     Invalid(&'static str),
+    /// The user may not do this (not a member, not the sender, not the owner, the recall
+    /// window has passed, the group is full). Nothing was written.
+    Forbidden(&'static str),
+    /// No such message, group or conversation. Nothing was written.
+    NotFound(&'static str),
 }
 
 impl fmt::Display for StoreError {
@@ -45,6 +50,8 @@ impl fmt::Display for StoreError {
                 f.write_str("the data folder is in use by another courier process")
             }
             StoreError::Invalid(what) => write!(f, "invalid job: {what}"),
+            StoreError::Forbidden(why) => write!(f, "forbidden: {why}"),
+            StoreError::NotFound(what) => write!(f, "not found: {what}"),
         }
     }
 }

@@ -195,6 +195,19 @@ pub enum Job {
         /// Milliseconds since the epoch, set by the hub; stored as given.
         ts: u64,
     },
+    /// Store a message to a group (writer): the message once, an inbox entry per member.
+    /// The sender must be a member ([`StoreError::Forbidden`]; no such group:
+    /// [`StoreError::NotFound`]). Answered by [`Completion::Sent`], whose `deliveries` hold
+    /// the sender's entry first, then every other member's.
+    GroupSend {
+        tag: u64,
+        sender: String,
+        cid: String,
+        gid: u64,
+        body: String,
+        kind: String,
+        ts: u64,
+    },
     /// Read a page of a user's inbox (reader). Answered by [`Completion::Page`].
     Page {
         tag: u64,
@@ -208,6 +221,71 @@ pub enum Job {
         /// would cost the reader for nothing.
         max_bytes: u64,
     },
+    /// Recall `mid` (writer): only its sender, only while `now - ts <= window_ms`, only a
+    /// participant of its conversation still. Erases the body in storage, marks the message
+    /// recalled, and stores a `recall` message (`ref` = `mid`, empty body, cid
+    /// `recall:<mid>`) with an inbox entry for every participant. Recalling again returns
+    /// the first recall as a duplicate. Answered by [`Completion::Recalled`].
+    Recall {
+        tag: u64,
+        user: String,
+        mid: u64,
+        now: u64,
+        window_ms: u64,
+    },
+    /// Move `user`'s read cursor in `conv` to `mid` if that is forward (writer). `mid` must
+    /// be a message of `conv`, and the user a participant. Answered by [`Completion::Read`].
+    MarkRead {
+        tag: u64,
+        user: String,
+        conv: String,
+        mid: u64,
+    },
+    /// Create a group owned by `owner` with `members` (the owner is added if missing,
+    /// duplicates dropped; more than `max_members` in all: [`StoreError::Forbidden`]).
+    /// Answered by [`Completion::Group`].
+    GroupCreate {
+        tag: u64,
+        owner: String,
+        name: String,
+        members: Vec<String>,
+        ts: u64,
+        max_members: u32,
+    },
+    /// Add `members` to `gid` (owner only; those already in are skipped). Answered by
+    /// [`Completion::Group`]; with nobody new, no event is stored.
+    GroupAdd {
+        tag: u64,
+        user: String,
+        gid: u64,
+        members: Vec<String>,
+        ts: u64,
+        max_members: u32,
+    },
+    /// `user` leaves `gid` (members only). An owner who leaves hands ownership to the
+    /// member who joined earliest; the last member leaving ends the group. Answered by
+    /// [`Completion::Group`].
+    GroupLeave {
+        tag: u64,
+        user: String,
+        gid: u64,
+        ts: u64,
+    },
+    /// `user`'s conversations, newest last message first, at most `limit` (reader).
+    /// Answered by [`Completion::Convs`].
+    Convs { tag: u64, user: String, limit: u32 },
+    /// Messages of `conv` older than `before` (newest when `None`), at most `limit`,
+    /// oldest first (reader). Only for a participant. Answered by [`Completion::History`].
+    History {
+        tag: u64,
+        user: String,
+        conv: String,
+        before: Option<u64>,
+        limit: u32,
+    },
+    /// The members of `gid`, asked by `user`, who must be one (reader). Answered by
+    /// [`Completion::Members`].
+    Members { tag: u64, user: String, gid: u64 },
 }
 
 /// Which queue a job goes to.
@@ -220,14 +298,32 @@ pub enum Lane {
 impl Job {
     pub fn tag(&self) -> u64 {
         match self {
-            Job::Send { tag, .. } | Job::Page { tag, .. } => *tag,
+            Job::Send { tag, .. }
+            | Job::GroupSend { tag, .. }
+            | Job::Page { tag, .. }
+            | Job::Recall { tag, .. }
+            | Job::MarkRead { tag, .. }
+            | Job::GroupCreate { tag, .. }
+            | Job::GroupAdd { tag, .. }
+            | Job::GroupLeave { tag, .. }
+            | Job::Convs { tag, .. }
+            | Job::History { tag, .. }
+            | Job::Members { tag, .. } => *tag,
         }
     }
 
     pub fn lane(&self) -> Lane {
         match self {
-            Job::Send { .. } => Lane::Write,
-            Job::Page { .. } => Lane::Read,
+            Job::Send { .. }
+            | Job::GroupSend { .. }
+            | Job::Recall { .. }
+            | Job::MarkRead { .. }
+            | Job::GroupCreate { .. }
+            | Job::GroupAdd { .. }
+            | Job::GroupLeave { .. } => Lane::Write,
+            Job::Page { .. } | Job::Convs { .. } | Job::History { .. } | Job::Members { .. } => {
+                Lane::Read
+            }
         }
     }
 }
@@ -235,6 +331,7 @@ impl Job {
 /// A finished job, sent only after its transaction committed (or failed).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Completion {
+    /// A `Send` or `GroupSend`.
     Sent {
         tag: u64,
         result: Result<Sent, StoreError>,
@@ -245,14 +342,112 @@ pub enum Completion {
         after: u64,
         result: Result<Page, StoreError>,
     },
+    /// The stored `recall` message (kind `recall`, `ref_mid` set) and its deliveries.
+    Recalled {
+        tag: u64,
+        result: Result<Sent, StoreError>,
+    },
+    Read {
+        tag: u64,
+        result: Result<ReadMoved, StoreError>,
+    },
+    /// A `GroupCreate`, `GroupAdd` or `GroupLeave`.
+    Group {
+        tag: u64,
+        result: Result<GroupChange, StoreError>,
+    },
+    Convs {
+        tag: u64,
+        result: Result<Vec<ConvSummary>, StoreError>,
+    },
+    History {
+        tag: u64,
+        result: Result<History, StoreError>,
+    },
+    Members {
+        tag: u64,
+        result: Result<Vec<String>, StoreError>,
+    },
 }
 
 impl Completion {
     pub fn tag(&self) -> u64 {
         match self {
-            Completion::Sent { tag, .. } | Completion::Page { tag, .. } => *tag,
+            Completion::Sent { tag, .. }
+            | Completion::Page { tag, .. }
+            | Completion::Recalled { tag, .. }
+            | Completion::Read { tag, .. }
+            | Completion::Group { tag, .. }
+            | Completion::Convs { tag, .. }
+            | Completion::History { tag, .. }
+            | Completion::Members { tag, .. } => *tag,
         }
     }
+}
+
+/// A read cursor after a `MarkRead`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadMoved {
+    pub conv: String,
+    /// The cursor now (the one asked for, or a later one already there).
+    pub mid: u64,
+    /// False when the cursor was already at or past the `mid` asked for: nothing changed.
+    pub moved: bool,
+    /// The other user of a `dm:` conversation (absent for a note to self and for groups).
+    pub peer: Option<String>,
+}
+
+/// A group as it is after a change, and the `group` inbox entry the change stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupChange {
+    pub gid: u64,
+    pub name: String,
+    /// `None` once the last member has left (the group has ended).
+    pub owner: Option<String>,
+    /// Current members, in the order they joined.
+    pub members: Vec<String>,
+    /// The `kind: "group"` message and its deliveries (every member after the change, and
+    /// whoever left); `None` when nothing changed (an add of people already in).
+    /// Its body is the JSON object `{"op","gid","name","owner","members","users"}`.
+    pub event: Option<Sent>,
+}
+
+/// One conversation in a `convs` list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConvSummary {
+    pub conv: String,
+    /// A group's name.
+    pub name: Option<String>,
+    /// The newest message of the conversation (recall notices aside).
+    pub last: Option<Message>,
+    /// Messages after `read_mid` from someone else, neither recalled nor notices.
+    pub unread: u64,
+    pub read_mid: u64,
+    /// For a `dm:`, the peer's read cursor (what read receipts show after a reconnect).
+    pub peer_read_mid: Option<u64>,
+}
+
+/// A page of a conversation's history, oldest first; `more` when older messages remain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct History {
+    pub conv: String,
+    pub msgs: Vec<Message>,
+    pub more: bool,
+}
+
+/// A message of a conversation, without any inbox's seq.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub mid: u64,
+    pub conv: String,
+    pub from: String,
+    pub cid: String,
+    /// Empty once recalled.
+    pub body: String,
+    pub kind: String,
+    pub ts: u64,
+    pub ref_mid: Option<u64>,
+    pub recalled: bool,
 }
 
 /// A stored (or found again) message: what the `sent` reply and the `msg` pushes need.
@@ -287,6 +482,8 @@ pub struct Entry {
     pub ts: u64,
     /// The message this entry refers to (a recall's target).
     pub ref_mid: Option<u64>,
+    /// The message was recalled: its body is gone.
+    pub recalled: bool,
 }
 
 /// A page of an inbox and the inbox head, both from one snapshot: every seq up to `head`
@@ -535,6 +732,14 @@ pub(crate) enum Outcome {
         body: String,
     },
     Page(Page),
+    /// A job whose outcome is its whole answer, built inside the store.
+    GroupSent(Sent),
+    Recalled(Sent),
+    Read(ReadMoved),
+    Group(GroupChange),
+    Convs(Vec<ConvSummary>),
+    History(History),
+    Members(Vec<String>),
 }
 
 /// Joins a job with its outcome, moving the job's strings into the completion.
@@ -594,10 +799,61 @@ pub(crate) fn complete(job: Job, outcome: Result<Outcome, StoreError>) -> Comple
                     body,
                     kind,
                 }),
-                Outcome::Page(_) => Err(mismatch()),
+                _ => Err(mismatch()),
             });
             Completion::Sent { tag, result }
         }
+        Job::GroupSend { tag, .. } => Completion::Sent {
+            tag,
+            result: outcome.and_then(|o| match o {
+                Outcome::GroupSent(sent) => Ok(sent),
+                _ => Err(mismatch()),
+            }),
+        },
+        Job::Recall { tag, .. } => Completion::Recalled {
+            tag,
+            result: outcome.and_then(|o| match o {
+                Outcome::Recalled(sent) => Ok(sent),
+                _ => Err(mismatch()),
+            }),
+        },
+        Job::MarkRead { tag, .. } => Completion::Read {
+            tag,
+            result: outcome.and_then(|o| match o {
+                Outcome::Read(read) => Ok(read),
+                _ => Err(mismatch()),
+            }),
+        },
+        Job::GroupCreate { tag, .. } | Job::GroupAdd { tag, .. } | Job::GroupLeave { tag, .. } => {
+            Completion::Group {
+                tag,
+                result: outcome.and_then(|o| match o {
+                    Outcome::Group(change) => Ok(change),
+                    _ => Err(mismatch()),
+                }),
+            }
+        }
+        Job::Convs { tag, .. } => Completion::Convs {
+            tag,
+            result: outcome.and_then(|o| match o {
+                Outcome::Convs(convs) => Ok(convs),
+                _ => Err(mismatch()),
+            }),
+        },
+        Job::History { tag, .. } => Completion::History {
+            tag,
+            result: outcome.and_then(|o| match o {
+                Outcome::History(history) => Ok(history),
+                _ => Err(mismatch()),
+            }),
+        },
+        Job::Members { tag, .. } => Completion::Members {
+            tag,
+            result: outcome.and_then(|o| match o {
+                Outcome::Members(members) => Ok(members),
+                _ => Err(mismatch()),
+            }),
+        },
         Job::Page {
             tag, user, after, ..
         } => {

@@ -38,9 +38,10 @@ impl Reader {
                 } => page(&mut self.conn, user, *after, *limit, *max_bytes)
                     .map(Outcome::Page)
                     .map_err(sql),
-                Job::Send { .. } => {
-                    Err(StoreError::Internal("write job routed to a reader".into()))
+                Job::Convs { .. } | Job::History { .. } | Job::Members { .. } => {
+                    Err(StoreError::Internal("not built yet".into()))
                 }
+                _ => Err(StoreError::Internal("write job routed to a reader".into())),
             };
             self.counters.read(outcome.is_ok());
             // Only fails when every receiver is gone: nobody is left to answer.
@@ -97,6 +98,7 @@ fn page(
                 kind: row.get(6)?,
                 ts: get_u64(row, 7)?,
                 ref_mid: get_opt_u64(row, 8)?,
+                recalled: false,
             })
         })?;
         let mut entries = Vec::new();

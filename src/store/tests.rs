@@ -486,6 +486,7 @@ fn page_returns_entries_in_order_after_a_cursor_up_to_a_limit_with_the_head() {
             kind: "text".into(),
             ts: 1_700_000_000_000,
             ref_mid: None,
+            recalled: false,
         }
     );
     assert_eq!(first.entries[1].from, "bob");
@@ -560,6 +561,7 @@ fn a_page_taken_while_the_writer_commits_is_a_consistent_snapshot() {
                     assert_eq!(last, page.head.max(after), "a short page ends at the head");
                 }
             }
+            other => panic!("unexpected {other:?}"),
         }
     }
 }

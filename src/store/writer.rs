@@ -192,9 +192,17 @@ fn apply(conn: &Connection, users: &mut Users, job: &Job) -> Result<Outcome, Fai
             ts,
             ..
         } => send(conn, users, sender, cid, to, body, kind, *ts),
-        Job::Page { .. } => Err(Fail::Rejected(StoreError::Internal(
-            "read job routed to the writer".into(),
+        Job::GroupSend { .. }
+        | Job::Recall { .. }
+        | Job::MarkRead { .. }
+        | Job::GroupCreate { .. }
+        | Job::GroupAdd { .. }
+        | Job::GroupLeave { .. } => Err(Fail::Rejected(StoreError::Internal(
+            "not built yet".into(),
         ))),
+        Job::Page { .. } | Job::Convs { .. } | Job::History { .. } | Job::Members { .. } => Err(
+            Fail::Rejected(StoreError::Internal("read job routed to the writer".into())),
+        ),
     }
 }
 

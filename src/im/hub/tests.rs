@@ -67,6 +67,7 @@ impl FakeStore {
                 kind: "text".into(),
                 ts: WALL0 - 1000 + i,
                 ref_mid: None,
+                recalled: false,
             };
             self.append(user, entry);
         }
@@ -109,6 +110,7 @@ impl FakeStore {
                     kind: kind.clone(),
                     ts,
                     ref_mid: None,
+                recalled: false,
                 };
                 let sender_seq = self.append(&sender, entry.clone());
                 let mut deliveries = vec![(sender.clone(), sender_seq)];
@@ -159,6 +161,7 @@ impl FakeStore {
                     result: Ok(Page { entries, head }),
                 }
             }
+            other => panic!("the fake store does not run {other:?}"),
         }
     }
 }
@@ -182,6 +185,7 @@ fn failed(job: &Job) -> Completion {
             after,
             result: Err(error),
         },
+        other => panic!("the fake store has no failure for {other:?}"),
     }
 }
 
@@ -276,7 +280,7 @@ impl Out {
                 Job::Page {
                     user, after, limit, ..
                 } => Some((user.clone(), *after, *limit)),
-                Job::Send { .. } => None,
+                _ => None,
             })
             .collect()
     }
