@@ -130,6 +130,11 @@ pub const SERVE_FLAGS: &[Flag] = &[
         help: "how long after sending a message its sender may recall it",
     },
     Flag {
+        name: "max-group",
+        default: "1000",
+        help: "most members a group may have",
+    },
+    Flag {
         name: "dev-login",
         default: "off",
         help: "on: random per-run secret and GET /dev/token?user=NAME (local tries only)",

@@ -162,6 +162,10 @@ fn serve(args: &[String]) -> Result<(), String> {
         max_body: values.bytes("max-body")?,
         rate_per_sec: rate.max(1),
         rate_burst: rate.saturating_mul(2).max(1),
+        recall_window_ms: values.millis("recall-window")?,
+        max_group: u32::try_from(values.count("max-group")?)
+            .map_err(|_| "--max-group is too large")?
+            .max(1),
         ..HubConfig::default()
     };
     let mut store = StoreConfig::new(values.raw("data"));

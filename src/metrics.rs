@@ -298,6 +298,8 @@ pub struct Metrics {
     pub pushes: Counter,
     /// Entries pushed again after an ack timeout.
     pub repushes: Counter,
+    /// Live relays that are not inbox entries: `read`, `presence`, `typing`.
+    pub events: Counter,
     /// `ack` requests handled.
     pub acks: Counter,
     /// `sync` requests replayed (one per `synced`).
@@ -326,6 +328,7 @@ impl Metrics {
             messages_out: Counter::new(),
             pushes: Counter::new(),
             repushes: Counter::new(),
+            events: Counter::new(),
             acks: Counter::new(),
             sync_replays: Counter::new(),
             errors: CounterVec::with_keys("code", &ERROR_CODES, 32),
@@ -384,6 +387,11 @@ impl Metrics {
             "courier_repushes_total",
             "Inbox entries pushed again after an ack timeout.",
             self.repushes.get(),
+        );
+        x.counter(
+            "courier_events_total",
+            "Read receipts, presence and typing relayed.",
+            self.events.get(),
         );
         x.counter("courier_acks_total", "Acks handled.", self.acks.get());
         x.counter(

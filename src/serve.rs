@@ -129,6 +129,7 @@ impl Server {
             Traffic::Synced => m.sync_replays.inc(),
             Traffic::Push => m.pushes.inc(),
             Traffic::Repush => m.repushes.inc(),
+            Traffic::Event => m.events.inc(),
             Traffic::Error(code) => {
                 m.errors.inc(code.as_str());
                 if code == ErrorCode::RateLimited {
@@ -340,21 +341,20 @@ impl Service for Server {
         self.apply(out);
     }
 
-    fn closed(&mut self, conn: ConnId, code: u16) {
+    fn closed(&mut self, conn: ConnId, code: u16, out: &mut Out<'_>) {
         self.metrics.connections_open.dec();
         self.metrics.connections_closed.inc(code);
         if !self.echoing.remove(&conn) {
             self.admitted.remove(&conn);
-            self.hub.disconnect(conn.to_u64());
+            self.hub.disconnect(conn.to_u64(), &mut self.actions);
+            self.apply(out);
         }
     }
 
     fn woken(&mut self, out: &mut Out<'_>) {
         let now = Self::now(out);
         while let Ok(completion) = self.completions.try_recv() {
-            if let Completion::Sent { result: Err(e), .. }
-            | Completion::Page { result: Err(e), .. } = &completion
-            {
+            if let Some(e) = failure(&completion) {
                 crate::log_error!("store: {e}");
             }
             self.hub.completion(completion, now, &mut self.actions);
@@ -406,5 +406,26 @@ impl Drop for Server {
                 stats.checkpoint_finish_us.quantile(0.99),
             );
         }
+    }
+}
+
+/// A store failure worth a log line: not a refusal the client caused (forbidden, not
+/// found, invalid), which the client hears about in its `error`.
+fn failure(completion: &Completion) -> Option<&crate::store::StoreError> {
+    use crate::store::StoreError;
+    let error = match completion {
+        Completion::Sent { result, .. } | Completion::Recalled { result, .. } => {
+            result.as_ref().err()
+        }
+        Completion::Page { result, .. } => result.as_ref().err(),
+        Completion::Read { result, .. } => result.as_ref().err(),
+        Completion::Group { result, .. } => result.as_ref().err(),
+        Completion::Convs { result, .. } => result.as_ref().err(),
+        Completion::History { result, .. } => result.as_ref().err(),
+        Completion::Members { result, .. } => result.as_ref().err(),
+    }?;
+    match error {
+        StoreError::Forbidden(_) | StoreError::NotFound(_) | StoreError::Invalid(_) => None,
+        other => Some(other),
     }
 }

@@ -380,7 +380,7 @@ fn send_errors_carry_cid_and_rid() {
             "bad_request",
         ),
         (
-            json!({"type": "send", "rid": 4, "cid": "k", "to": "group:nope", "body": "x"}),
+            json!({"type": "send", "rid": 4, "cid": "k", "to": "group:999999", "body": "x"}),
             "not_found",
         ),
         (

@@ -20,13 +20,27 @@ use std::rc::Rc;
 use serde_json::value::RawValue;
 
 use super::auth::valid_user_id;
-use super::protocol::{self, ErrorCode, Msg, Reply, Request, Rid, MAX_CID};
-use crate::store::{Completion, Entry, Job, Page, Sent, StoreError};
+use super::protocol::{
+    self, ConvItem, ErrorCode, Message, MsgFrame, Reply, Request, Rid, MAX_CID, MAX_NAMED_MEMBERS,
+    MAX_WATCH,
+};
+use crate::store::{
+    dm_conv, Completion, ConvSummary, Entry, GroupChange, History, Job, Page, ReadMoved, Sent,
+    StoreError,
+};
 use crate::timer::{TimerId, Wheel};
 
-/// Sends one connection may have waiting behind its `sync`: past this they are refused as
-/// `unavailable`, so a client that floods during a sync cannot grow the hub's memory.
+/// Writes one connection may have waiting behind its `sync`, and reads waiting behind its
+/// writes: past this they are refused as `unavailable`, so a client that floods meanwhile
+/// cannot grow the hub's memory.
 const MAX_HELD: usize = 256;
+
+/// Least time between two `typing` requests of one connection: a client sends one every
+/// few seconds while its user types, so faster than this is a flood.
+const TYPING_INTERVAL_MS: u64 = 250;
+
+/// Longest group name, in bytes.
+const MAX_GROUP_NAME: usize = 64;
 
 /// Why a request is refused while the server stops.
 const STOPPING: &str = "the server is shutting down: send again after it is back";
@@ -62,6 +76,10 @@ pub struct HubConfig {
     pub rate_burst: u32,
     /// Requests refused for rate in a row before the connection is closed with 1008.
     pub rate_strikes: u32,
+    /// How long after sending a message its sender may recall it.
+    pub recall_window_ms: u64,
+    /// Most members a group may have.
+    pub max_group: u32,
 }
 
 impl Default for HubConfig {
@@ -77,6 +95,8 @@ impl Default for HubConfig {
             rate_per_sec: 200,
             rate_burst: 400,
             rate_strikes: 50,
+            recall_window_ms: 120_000,
+            max_group: 1000,
         }
     }
 }
@@ -92,6 +112,8 @@ pub enum Traffic {
     Push,
     /// An entry pushed again after an ack timeout.
     Repush,
+    /// A live relay that is not an inbox entry: `read`, `presence`, `typing`.
+    Event,
     Error(ErrorCode),
 }
 
@@ -172,13 +194,18 @@ struct Session {
     reading: bool,
     /// A `sync` that waits for this connection's reads and sends in flight to finish.
     queued_sync: Option<Read>,
-    /// A client `sync` is queued or in flight: sends that arrive meanwhile wait in `held`,
+    /// A client `sync` is queued or in flight: writes that arrive meanwhile wait in `held`,
     /// so requests are answered in the order they came (a send before a sync gets its
     /// `sent` before the `synced`, a send after it after).
     syncing: bool,
-    held: VecDeque<(protocol::Send, Option<Rid>)>,
-    /// `send` jobs submitted and not yet answered by the store.
-    sends_in_flight: u32,
+    held: VecDeque<(Request, Option<Rid>)>,
+    /// Writes (send, read, recall, group changes) submitted and not yet answered.
+    writes_in_flight: u32,
+    /// `convs` and `history` wait for the writes before them, so they see those writes.
+    deferred: VecDeque<(Request, Option<Rid>)>,
+    /// The users whose presence this connection watches.
+    watching: Vec<Rc<str>>,
+    last_typing: Option<u64>,
     repush_wanted: bool,
     /// The last sync page was not the end: live pushes wait for the client's next sync,
     /// which would otherwise see them as a gap.
@@ -199,6 +226,39 @@ enum Pending {
         conn: ConnKey,
         read: Read,
     },
+    /// A write other than `send`: `read`, `recall`, a group change.
+    Write {
+        conn: ConnKey,
+        rid: Option<Rid>,
+        write: Write,
+    },
+    /// `convs` or `history`.
+    Query {
+        conn: ConnKey,
+        rid: Option<Rid>,
+    },
+    /// The members of a group someone types in, to relay the `typing` to.
+    Typing {
+        from: Rc<str>,
+        conv: String,
+    },
+}
+
+enum Write {
+    MarkRead,
+    Recall {
+        mid: u64,
+    },
+    /// `group_create` and `group_add` are answered with the group, `group_leave` with `ok`.
+    Group {
+        answer: bool,
+    },
+}
+
+/// Whom a `send` or `typing` is for.
+enum Target<'a> {
+    User(&'a str),
+    Group(u64),
 }
 
 pub struct Hub {
@@ -212,6 +272,8 @@ pub struct Hub {
     stopping: bool,
     /// `ack` requests handled (for `/metrics`).
     acks: u64,
+    /// Who watches each user's presence.
+    watchers: HashMap<Rc<str>, Vec<ConnKey>>,
 }
 
 impl Session {
@@ -231,7 +293,10 @@ impl Session {
             queued_sync: None,
             syncing: false,
             held: VecDeque::new(),
-            sends_in_flight: 0,
+            writes_in_flight: 0,
+            deferred: VecDeque::new(),
+            watching: Vec::new(),
+            last_typing: None,
             repush_wanted: false,
             paused: false,
             closing: false,
@@ -353,6 +418,7 @@ impl Hub {
             timers: Wheel::new(now),
             stopping: false,
             acks: 0,
+            watchers: HashMap::new(),
         }
     }
 
@@ -361,9 +427,22 @@ impl Hub {
     pub fn shutdown(&mut self, out: &mut Vec<Action>) {
         self.stopping = true;
         for (&conn, session) in self.sessions.iter_mut() {
-            for (send, rid) in std::mem::take(&mut session.held) {
-                let (rid, cid) = (rid.as_deref(), Some(send.cid.as_str()));
-                error(out, conn, rid, cid, ErrorCode::Unavailable, STOPPING);
+            let waiting = std::mem::take(&mut session.held)
+                .into_iter()
+                .chain(std::mem::take(&mut session.deferred));
+            for (request, rid) in waiting {
+                let cid = match &request {
+                    Request::Send(send) => Some(send.cid.as_str()),
+                    _ => None,
+                };
+                error(
+                    out,
+                    conn,
+                    rid.as_deref(),
+                    cid,
+                    ErrorCode::Unavailable,
+                    STOPPING,
+                );
             }
         }
     }
@@ -396,6 +475,7 @@ impl Hub {
         let entry = self.users.get_mut(user).expect("just ensured");
         entry.conns.push(conn);
         let head = entry.head;
+        let first = entry.conns.len() == 1;
         self.sessions
             .insert(conn, Session::new(name, head, &self.config, now.mono));
         let welcome = Reply::Welcome {
@@ -405,18 +485,88 @@ impl Hub {
             inbox_seq: head,
         };
         reply(out, conn, &welcome);
+        if first {
+            self.presence_changed(user, true, out);
+        }
+    }
+
+    /// Tells everyone watching `user` that they came online or went offline.
+    fn presence_changed(&self, user: &str, online: bool, out: &mut Vec<Action>) {
+        let Some(watchers) = self.watchers.get(user) else {
+            return;
+        };
+        let text = Reply::Presence { user, online }.to_json();
+        for &watcher in watchers {
+            out.push(Action::Send {
+                conn: watcher,
+                text: text.clone(),
+                traffic: Traffic::Event,
+            });
+        }
+    }
+
+    fn online(&self, user: &str) -> bool {
+        self.users.get(user).is_some_and(|u| !u.conns.is_empty())
+    }
+
+    /// Replaces what `conn` watches; answers with the present state of each.
+    fn watch(&mut self, conn: ConnKey, users: Vec<String>, out: &mut Vec<Action>) {
+        let session = self.sessions.get_mut(&conn).expect("caller checked");
+        let old = std::mem::take(&mut session.watching);
+        self.unwatch(conn, &old);
+        let mut watching: Vec<Rc<str>> = Vec::with_capacity(users.len());
+        for user in users {
+            if watching.iter().any(|w| **w == *user) {
+                continue;
+            }
+            let name: Rc<str> = match self.watchers.get_key_value(user.as_str()) {
+                Some((name, _)) => name.clone(),
+                None => Rc::from(user),
+            };
+            self.watchers.entry(name.clone()).or_default().push(conn);
+            let online = self.online(&name);
+            reply(
+                out,
+                conn,
+                &Reply::Presence {
+                    user: &name,
+                    online,
+                },
+            );
+            watching.push(name);
+        }
+        if let Some(session) = self.sessions.get_mut(&conn) {
+            session.watching = watching;
+        }
+    }
+
+    fn unwatch(&mut self, conn: ConnKey, users: &[Rc<str>]) {
+        for user in users {
+            if let Some(list) = self.watchers.get_mut(user) {
+                list.retain(|&c| c != conn);
+                if list.is_empty() {
+                    self.watchers.remove(user);
+                }
+            }
+        }
     }
 
     /// The connection is gone. Its unacked entries stay in the inbox for the next sync.
-    pub fn disconnect(&mut self, conn: ConnKey) {
+    /// When it was its user's last, the user's watchers learn they went offline, whatever
+    /// closed it (the client, an idle timeout, 4008).
+    pub fn disconnect(&mut self, conn: ConnKey, out: &mut Vec<Action>) {
         let Some(session) = self.sessions.remove(&conn) else {
             return;
         };
         if let Some((timer, _)) = session.timer {
             self.timers.cancel(timer);
         }
+        self.unwatch(conn, &session.watching);
         if let Some(user) = self.users.get_mut(&*session.user) {
             user.conns.retain(|&c| c != conn);
+            if user.conns.is_empty() {
+                self.presence_changed(&session.user, false, out);
+            }
         }
         // Its pending store jobs still complete; their answers find no session and go.
     }
@@ -459,11 +609,16 @@ impl Hub {
                 return error(out, conn, rid, cid, ErrorCode::BadRequest, &bad.message);
             }
         };
-        if self.stopping && matches!(request, Request::Send(_) | Request::Sync { .. }) {
-            let cid = match &request {
-                Request::Send(send) => Some(send.cid.as_str()),
-                _ => None,
-            };
+        let cid = match &request {
+            Request::Send(send) => Some(send.cid.as_str()),
+            _ => None,
+        };
+        // Checked before anything is kept, so what waits behind a sync or a write is
+        // bounded by these limits, not by the frame limit.
+        if let Err((code, message)) = check(&request, self.config.max_body) {
+            return error(out, conn, rid.as_deref(), cid, code, &message);
+        }
+        if self.stopping && needs_store(&request) {
             return error(
                 out,
                 conn,
@@ -473,6 +628,38 @@ impl Hub {
                 STOPPING,
             );
         }
+        if request.writes() && session.syncing {
+            if session.held.len() < MAX_HELD {
+                session.held.push_back((request, rid));
+            } else {
+                let message = "too many writes waiting behind a sync: send again";
+                error(
+                    out,
+                    conn,
+                    rid.as_deref(),
+                    cid,
+                    ErrorCode::Unavailable,
+                    message,
+                );
+            }
+            return;
+        }
+        self.dispatch(conn, request, rid, now, out);
+    }
+
+    /// Handles a request that is free to go (checked, and not held behind a sync).
+    fn dispatch(
+        &mut self,
+        conn: ConnKey,
+        request: Request,
+        rid: Option<Rid>,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        let user = session.user.to_string();
         match request {
             Request::Ping => {
                 let pong = Reply::Pong {
@@ -481,31 +668,7 @@ impl Hub {
                 };
                 reply(out, conn, &pong);
             }
-            Request::Send(send) => {
-                // Checked before anything is kept, so what waits behind a sync is bounded
-                // by the body limit, not by the frame limit.
-                if let Err((code, message)) = check_send(&send, self.config.max_body) {
-                    let (rid, cid) = (rid.as_deref(), Some(send.cid.as_str()));
-                    return error(out, conn, rid, cid, code, &message);
-                }
-                if !session.syncing {
-                    return self.send(conn, send, rid, now, out);
-                }
-                if session.held.len() < MAX_HELD {
-                    session.held.push_back((send, rid));
-                } else {
-                    let message = "too many sends waiting behind a sync: send again";
-                    let cid = Some(send.cid.as_str());
-                    error(
-                        out,
-                        conn,
-                        rid.as_deref(),
-                        cid,
-                        ErrorCode::Unavailable,
-                        message,
-                    );
-                }
-            }
+            Request::Send(send) => self.send(conn, send, rid, now, out),
             Request::Ack { seq } => {
                 self.acks += 1;
                 self.ack(conn, seq, out);
@@ -528,6 +691,171 @@ impl Hub {
                 }
                 self.pump(conn, out);
             }
+            Request::Read { conv, mid } => {
+                let job = |tag| Job::MarkRead {
+                    tag,
+                    user,
+                    conv,
+                    mid,
+                };
+                self.write(conn, rid, Write::MarkRead, job, out);
+            }
+            Request::Recall { mid } => {
+                let window_ms = self.config.recall_window_ms;
+                let job = |tag| Job::Recall {
+                    tag,
+                    user,
+                    mid,
+                    now: now.wall,
+                    window_ms,
+                };
+                self.write(conn, rid, Write::Recall { mid }, job, out);
+            }
+            Request::GroupCreate { name, members } => {
+                let max_members = self.config.max_group;
+                let job = |tag| Job::GroupCreate {
+                    tag,
+                    owner: user,
+                    name: name.trim().to_owned(),
+                    members,
+                    ts: now.wall,
+                    max_members,
+                };
+                self.write(conn, rid, Write::Group { answer: true }, job, out);
+            }
+            Request::GroupAdd { gid, members } => {
+                let max_members = self.config.max_group;
+                let job = |tag| Job::GroupAdd {
+                    tag,
+                    user,
+                    gid,
+                    members,
+                    ts: now.wall,
+                    max_members,
+                };
+                self.write(conn, rid, Write::Group { answer: true }, job, out);
+            }
+            Request::GroupLeave { gid } => {
+                let job = |tag| Job::GroupLeave {
+                    tag,
+                    user,
+                    gid,
+                    ts: now.wall,
+                };
+                self.write(conn, rid, Write::Group { answer: false }, job, out);
+            }
+            Request::Convs { .. } | Request::History { .. } => {
+                if session.writes_in_flight > 0 {
+                    if session.deferred.len() < MAX_HELD {
+                        session.deferred.push_back((request, rid));
+                    } else {
+                        let message = "too many requests waiting: ask again";
+                        error(
+                            out,
+                            conn,
+                            rid.as_deref(),
+                            None,
+                            ErrorCode::Unavailable,
+                            message,
+                        );
+                    }
+                    return;
+                }
+                let tag = self.tag();
+                let job = match request {
+                    Request::Convs { limit } => Job::Convs { tag, user, limit },
+                    Request::History {
+                        conv,
+                        before,
+                        limit,
+                    } => Job::History {
+                        tag,
+                        user,
+                        conv,
+                        before,
+                        limit,
+                    },
+                    _ => unreachable!("matched above"),
+                };
+                self.pending.insert(tag, Pending::Query { conn, rid });
+                out.push(Action::Store(job));
+            }
+            Request::Watch { users } => {
+                self.watch(conn, users, out);
+                ok(out, conn, rid.as_deref());
+            }
+            Request::Typing { to } => {
+                if session
+                    .last_typing
+                    .is_some_and(|at| now.mono < at + TYPING_INTERVAL_MS)
+                {
+                    let message = "typing at most every 250 ms";
+                    let rid = rid.as_deref();
+                    return error(out, conn, rid, None, ErrorCode::RateLimited, message);
+                }
+                session.last_typing = Some(now.mono);
+                let from = session.user.clone();
+                match parse_target(&to) {
+                    Ok(Target::User(peer)) => {
+                        let conv = dm_conv(&from, peer);
+                        self.relay_typing(&conv, &from, [peer], out);
+                    }
+                    Ok(Target::Group(gid)) => {
+                        let tag = self.tag();
+                        let conv = format!("group:{gid}");
+                        self.pending.insert(tag, Pending::Typing { from, conv });
+                        out.push(Action::Store(Job::Members { tag, user, gid }));
+                    }
+                    Err(_) => {}
+                }
+                ok(out, conn, rid.as_deref());
+            }
+        }
+    }
+
+    /// Submits a write other than `send`, answered in order with the connection's sends.
+    fn write(
+        &mut self,
+        conn: ConnKey,
+        rid: Option<Rid>,
+        write: Write,
+        job: impl FnOnce(u64) -> Job,
+        out: &mut Vec<Action>,
+    ) {
+        let tag = self.tag();
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        session.writes_in_flight += 1;
+        self.pending
+            .insert(tag, Pending::Write { conn, rid, write });
+        out.push(Action::Store(job(tag)));
+    }
+
+    /// Relays `typing` to the live connections of `to`, never to the typist's own.
+    fn relay_typing<'a>(
+        &self,
+        conv: &str,
+        from: &str,
+        to: impl IntoIterator<Item = &'a str>,
+        out: &mut Vec<Action>,
+    ) {
+        let mut text = None;
+        for user in to {
+            if user == from {
+                continue;
+            }
+            let Some(entry) = self.users.get(user) else {
+                continue;
+            };
+            for &peer in &entry.conns {
+                let text = text.get_or_insert_with(|| Reply::Typing { conv, from }.to_json());
+                out.push(Action::Send {
+                    conn: peer,
+                    text: text.clone(),
+                    traffic: Traffic::Event,
+                });
+            }
         }
     }
 
@@ -539,14 +867,19 @@ impl Hub {
         now: Now,
         out: &mut Vec<Action>,
     ) {
-        // Checked on arrival already; a held send is checked again for nothing changed.
-        let Ok(to) = check_send(&send, self.config.max_body) else {
+        // Checked on arrival already; this only recovers the target.
+        let Ok(target) = check_send(&send, self.config.max_body) else {
             return;
         };
-        let session = self.sessions.get_mut(&conn).expect("caller checked");
-        session.sends_in_flight += 1;
+        let target = match target {
+            Target::User(user) => Ok(user.to_owned()),
+            Target::Group(gid) => Err(gid),
+        };
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        session.writes_in_flight += 1;
         let sender = session.user.to_string();
-        let to = to.to_owned();
         let tag = self.tag();
         self.pending.insert(
             tag,
@@ -556,14 +889,25 @@ impl Hub {
                 cid: send.cid.clone(),
             },
         );
-        out.push(Action::Store(Job::Send {
-            tag,
-            sender,
-            cid: send.cid,
-            to,
-            body: send.body,
-            kind: send.kind,
-            ts: now.wall,
+        out.push(Action::Store(match target {
+            Ok(to) => Job::Send {
+                tag,
+                sender,
+                cid: send.cid,
+                to,
+                body: send.body,
+                kind: send.kind,
+                ts: now.wall,
+            },
+            Err(gid) => Job::GroupSend {
+                tag,
+                sender,
+                cid: send.cid,
+                gid,
+                body: send.body,
+                kind: send.kind,
+                ts: now.wall,
+            },
         }));
     }
 
@@ -580,8 +924,21 @@ impl Hub {
                     ErrorCode::Unavailable,
                     message,
                 );
-                self.send_done(conn, out);
+                self.write_done(conn, now, out);
             }
+            Some(Pending::Write { conn, rid, .. }) => {
+                let message = "the server is busy: try again";
+                let rid = rid.as_deref();
+                error(out, conn, rid, None, ErrorCode::Unavailable, message);
+                self.write_done(conn, now, out);
+            }
+            Some(Pending::Query { conn, rid }) => {
+                let message = "the server is busy: try again";
+                let rid = rid.as_deref();
+                error(out, conn, rid, None, ErrorCode::Unavailable, message);
+            }
+            // A typing indicator is not worth a retry.
+            Some(Pending::Typing { .. }) => {}
             Some(Pending::Read { conn, read }) => {
                 let Some(session) = self.sessions.get_mut(&conn) else {
                     return;
@@ -630,19 +987,97 @@ impl Hub {
                 };
                 match result {
                     Ok(sent) => self.committed(conn, rid, sent, now, out),
-                    Err(e) => {
-                        let message = store_failure(&e);
-                        error(
-                            out,
-                            conn,
-                            rid.as_deref(),
-                            Some(&cid),
-                            ErrorCode::Internal,
-                            message,
-                        );
-                    }
+                    Err(e) => failed(out, conn, rid.as_deref(), Some(&cid), &e),
                 }
-                self.send_done(conn, out);
+                self.write_done(conn, now, out);
+            }
+            Completion::Recalled { tag, result } => {
+                let Some(Pending::Write { conn, rid, write }) = self.pending.remove(&tag) else {
+                    return;
+                };
+                match (result, write) {
+                    (Ok(recall), Write::Recall { mid }) => {
+                        ok(out, conn, rid.as_deref());
+                        self.deliver(None, &recall, Some(mid), now, out);
+                    }
+                    (Err(e), _) => failed(out, conn, rid.as_deref(), None, &e),
+                    (Ok(_), _) => {}
+                }
+                self.write_done(conn, now, out);
+            }
+            Completion::Read { tag, result } => {
+                let Some(Pending::Write { conn, rid, .. }) = self.pending.remove(&tag) else {
+                    return;
+                };
+                match result {
+                    Ok(moved) => {
+                        ok(out, conn, rid.as_deref());
+                        self.read_moved(conn, &moved, out);
+                    }
+                    Err(e) => failed(out, conn, rid.as_deref(), None, &e),
+                }
+                self.write_done(conn, now, out);
+            }
+            Completion::Group { tag, result } => {
+                let Some(Pending::Write { conn, rid, write }) = self.pending.remove(&tag) else {
+                    return;
+                };
+                match result {
+                    Ok(change) => {
+                        if matches!(write, Write::Group { answer: true }) {
+                            reply(out, conn, &group_reply(rid.as_deref(), &change));
+                        } else {
+                            ok(out, conn, rid.as_deref());
+                        }
+                        if let Some(event) = &change.event {
+                            self.deliver(None, event, None, now, out);
+                        }
+                    }
+                    Err(e) => failed(out, conn, rid.as_deref(), None, &e),
+                }
+                self.write_done(conn, now, out);
+            }
+            Completion::Convs { tag, result } => {
+                let Some(Pending::Query { conn, rid }) = self.pending.remove(&tag) else {
+                    return;
+                };
+                let Some(session) = self.sessions.get(&conn) else {
+                    return;
+                };
+                match result {
+                    Ok(convs) => reply(
+                        out,
+                        conn,
+                        &convs_reply(rid.as_deref(), &session.user, &convs),
+                    ),
+                    Err(e) => failed(out, conn, rid.as_deref(), None, &e),
+                }
+            }
+            Completion::History { tag, result } => {
+                let Some(Pending::Query { conn, rid }) = self.pending.remove(&tag) else {
+                    return;
+                };
+                let Some(session) = self.sessions.get(&conn) else {
+                    return;
+                };
+                match result {
+                    Ok(history) => reply(
+                        out,
+                        conn,
+                        &history_reply(rid.as_deref(), &session.user, &history),
+                    ),
+                    Err(e) => failed(out, conn, rid.as_deref(), None, &e),
+                }
+            }
+            Completion::Members { tag, result } => {
+                let Some(Pending::Typing { from, conv }) = self.pending.remove(&tag) else {
+                    return;
+                };
+                // Not a member, or no such group: typing is best-effort and never stored,
+                // so a failure is dropped (the `ok` went out already).
+                if let Ok(members) = result {
+                    self.relay_typing(&conv, &from, members.iter().map(String::as_str), out);
+                }
             }
             Completion::Page { tag, result, .. } => {
                 let Some(Pending::Read { conn, read }) = self.pending.remove(&tag) else {
@@ -650,17 +1085,58 @@ impl Hub {
                 };
                 self.page(conn, read, result, now, out);
             }
-            _ => {}
         }
     }
 
-    /// One of `conn`'s sends is answered; a sync waiting for it may start.
-    fn send_done(&mut self, conn: ConnKey, out: &mut Vec<Action>) {
-        if let Some(session) = self.sessions.get_mut(&conn) {
-            session.sends_in_flight -= 1;
-            if session.sends_in_flight == 0 {
-                self.pump(conn, out);
-            }
+    /// One of `conn`'s writes is answered. Once none is left, a sync waiting for them may
+    /// start, and the reads that came after them go out.
+    fn write_done(&mut self, conn: ConnKey, now: Now, out: &mut Vec<Action>) {
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        session.writes_in_flight -= 1;
+        if session.writes_in_flight > 0 {
+            return;
+        }
+        let deferred = std::mem::take(&mut session.deferred);
+        for (request, rid) in deferred {
+            self.dispatch(conn, request, rid, now, out);
+        }
+        self.pump(conn, out);
+    }
+
+    /// A read cursor moved: the user's other devices follow it, and a dm peer gets a
+    /// receipt.
+    fn read_moved(&self, origin: ConnKey, moved: &ReadMoved, out: &mut Vec<Action>) {
+        if !moved.moved {
+            return;
+        }
+        let Some(user) = self.sessions.get(&origin).map(|s| s.user.clone()) else {
+            return;
+        };
+        let text = Reply::Read {
+            conv: &moved.conv,
+            user: &user,
+            mid: moved.mid,
+        }
+        .to_json();
+        let own = self
+            .users
+            .get(&*user)
+            .map(|u| u.conns.as_slice())
+            .unwrap_or_default();
+        let peer = moved
+            .peer
+            .as_deref()
+            .and_then(|peer| self.users.get(peer))
+            .map(|u| u.conns.as_slice())
+            .unwrap_or_default();
+        for &conn in own.iter().filter(|&&c| c != origin).chain(peer) {
+            out.push(Action::Send {
+                conn,
+                text: text.clone(),
+                traffic: Traffic::Event,
+            });
         }
     }
 
@@ -684,11 +1160,34 @@ impl Hub {
             };
             reply(out, origin, &answer);
         }
+        self.deliver(Some(origin), &sent, None, now, out);
+    }
+
+    /// Pushes a stored message to every live connection of every user it has an inbox
+    /// entry for. `origin`'s own entry was answered by `sent`, which stands in for it.
+    fn deliver(
+        &mut self,
+        origin: Option<ConnKey>,
+        sent: &Sent,
+        ref_mid: Option<u64>,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
+        let message = |cid| {
+            Message::from_stored(
+                sent.mid, &sent.conv, &sent.from, &sent.body, sent.ts, &sent.kind, cid, ref_mid,
+                false,
+            )
+        };
+        let (mut own_frame, mut frame) = (None, None);
         for (user, seq) in &sent.deliveries {
             let own = *user == sent.from;
             let conns = match self.users.get_mut(user.as_str()) {
                 Some(entry) => {
                     entry.head = entry.head.max(*seq);
+                    if entry.conns.is_empty() {
+                        continue;
+                    }
                     entry.conns.clone()
                 }
                 None => {
@@ -700,27 +1199,18 @@ impl Hub {
                     continue;
                 }
             };
-            let mut text = None;
+            let frame = if own {
+                own_frame.get_or_insert_with(|| MsgFrame::new(&message(Some(sent.cid.as_str()))))
+            } else {
+                frame.get_or_insert_with(|| MsgFrame::new(&message(None)))
+            };
+            let text = frame.with_seq(*seq);
             for conn in conns {
-                if conn == origin && own {
+                if Some(conn) == origin && own {
                     self.sent_stands_in(conn, *seq);
                     continue;
                 }
-                let text = text.get_or_insert_with(|| {
-                    let msg = Msg {
-                        seq: *seq,
-                        mid: sent.mid,
-                        conv: &sent.conv,
-                        from: &sent.from,
-                        body: &sent.body,
-                        ts: sent.ts,
-                        kind: &sent.kind,
-                        cid: own.then_some(sent.cid.as_str()),
-                        ref_mid: None,
-                    };
-                    Reply::Msg(msg).to_json()
-                });
-                self.offer(conn, *seq, text, now.mono, out);
+                self.offer(conn, *seq, &text, now.mono, out);
             }
         }
     }
@@ -773,7 +1263,7 @@ impl Hub {
             return;
         }
         if session.queued_sync.is_some() {
-            if session.sends_in_flight == 0 {
+            if session.writes_in_flight == 0 {
                 let read = session.queued_sync.take().expect("checked");
                 self.start_read(conn, read, out);
             }
@@ -963,8 +1453,8 @@ impl Hub {
         }
         session.syncing = false;
         let held = std::mem::take(&mut session.held);
-        for (send, rid) in held {
-            self.send(conn, send, rid, now, out);
+        for (request, rid) in held {
+            self.dispatch(conn, request, rid, now, out);
         }
     }
 
@@ -1026,18 +1516,18 @@ fn push_entry(
     entry: &Entry,
     traffic: Traffic,
 ) -> usize {
-    let msg = Msg {
-        seq: entry.seq,
-        mid: entry.mid,
-        conv: &entry.conv,
-        from: &entry.from,
-        body: &entry.body,
-        ts: entry.ts,
-        kind: &entry.kind,
-        cid: (entry.from == user).then_some(entry.cid.as_str()),
-        ref_mid: entry.ref_mid,
-    };
-    let text = Reply::Msg(msg).to_json();
+    let message = Message::from_stored(
+        entry.mid,
+        &entry.conv,
+        &entry.from,
+        &entry.body,
+        entry.ts,
+        &entry.kind,
+        (entry.from == user).then_some(entry.cid.as_str()),
+        entry.ref_mid,
+        entry.recalled,
+    );
+    let text = MsgFrame::new(&message).with_seq(entry.seq);
     let bytes = text.len();
     out.push(Action::Send {
         conn,
@@ -1051,7 +1541,7 @@ fn reply(out: &mut Vec<Action>, conn: ConnKey, reply: &Reply<'_>) {
     let traffic = match reply {
         Reply::Synced { .. } => Traffic::Synced,
         Reply::Error { code, .. } => Traffic::Error(*code),
-        Reply::Msg(_) => Traffic::Push,
+        Reply::Presence { .. } | Reply::Read { .. } | Reply::Typing { .. } => Traffic::Event,
         _ => Traffic::Reply,
     };
     out.push(Action::Send {
@@ -1089,18 +1579,180 @@ fn store_failure(_: &StoreError) -> &'static str {
     "the message store failed; try again"
 }
 
+/// Answers a request the store refused or failed.
+fn failed(
+    out: &mut Vec<Action>,
+    conn: ConnKey,
+    rid: Option<&RawValue>,
+    cid: Option<&str>,
+    e: &StoreError,
+) {
+    let (code, message) = match e {
+        StoreError::Forbidden(why) => (ErrorCode::Forbidden, *why),
+        StoreError::NotFound(what) => (ErrorCode::NotFound, *what),
+        StoreError::Invalid(what) => (ErrorCode::BadRequest, *what),
+        other => (ErrorCode::Internal, store_failure(other)),
+    };
+    error(out, conn, rid, cid, code, message);
+}
+
+fn group_reply<'a>(rid: Option<&'a RawValue>, change: &'a GroupChange) -> Reply<'a> {
+    Reply::Group {
+        rid,
+        gid: change.gid,
+        name: &change.name,
+        owner: change.owner.as_deref(),
+        members: &change.members,
+    }
+}
+
+fn convs_reply<'a>(rid: Option<&'a RawValue>, user: &str, convs: &'a [ConvSummary]) -> Reply<'a> {
+    let items = convs
+        .iter()
+        .map(|c| ConvItem {
+            conv: &c.conv,
+            name: c.name.as_deref(),
+            last: c.last.as_ref().map(|m| {
+                Message::from_stored(
+                    m.mid,
+                    &m.conv,
+                    &m.from,
+                    &m.body,
+                    m.ts,
+                    &m.kind,
+                    (m.from == user).then_some(m.cid.as_str()),
+                    m.ref_mid,
+                    m.recalled,
+                )
+            }),
+            unread: c.unread,
+            read_mid: c.read_mid,
+            peer_read_mid: c.peer_read_mid,
+        })
+        .collect();
+    Reply::Convs { rid, items }
+}
+
+fn history_reply<'a>(rid: Option<&'a RawValue>, user: &str, history: &'a History) -> Reply<'a> {
+    let msgs = history
+        .msgs
+        .iter()
+        .map(|m| {
+            Message::from_stored(
+                m.mid,
+                &m.conv,
+                &m.from,
+                &m.body,
+                m.ts,
+                &m.kind,
+                (m.from == user).then_some(m.cid.as_str()),
+                m.ref_mid,
+                m.recalled,
+            )
+        })
+        .collect();
+    Reply::History {
+        rid,
+        conv: &history.conv,
+        msgs,
+        more: history.more,
+    }
+}
+
+/// Why a request is refused before anything else is done with it.
+fn check(request: &Request, max_body: usize) -> Result<(), (ErrorCode, String)> {
+    let bad = |message: &str| Err((ErrorCode::BadRequest, message.to_owned()));
+    match request {
+        Request::Send(send) => check_send(send, max_body).map(|_| ()),
+        Request::Read { conv, .. } | Request::History { conv, .. } => match parse_conv(conv) {
+            Some(_) => Ok(()),
+            None => bad("`conv` is dm:<a>:<b> (sorted) or group:<gid>"),
+        },
+        Request::GroupCreate { name, members } => {
+            let name = name.trim();
+            if name.is_empty() || name.len() > MAX_GROUP_NAME {
+                return bad("`name` is 1 to 64 bytes");
+            }
+            check_members(members)
+        }
+        Request::GroupAdd { members, .. } => {
+            if members.is_empty() {
+                return bad("`members` names nobody to add");
+            }
+            check_members(members)
+        }
+        Request::Watch { users } => {
+            if users.len() > MAX_WATCH {
+                return bad("`watch` names at most 256 users");
+            }
+            check_members(users)
+        }
+        Request::Typing { to } => parse_target(to)
+            .map(|_| ())
+            .map_err(|m| (ErrorCode::BadRequest, m.to_owned())),
+        _ => Ok(()),
+    }
+}
+
+/// Requests answered from the store, refused while the server stops.
+fn needs_store(request: &Request) -> bool {
+    !matches!(
+        request,
+        Request::Ping | Request::Ack { .. } | Request::Watch { .. } | Request::Typing { .. }
+    )
+}
+
+/// A conversation id as PROTOCOL.md spells it: `dm:<a>:<b>` (sorted) or `group:<gid>`.
+fn parse_conv(conv: &str) -> Option<()> {
+    if let Some(gid) = conv.strip_prefix("group:") {
+        return parse_gid(gid).map(|_| ());
+    }
+    let (a, b) = conv.strip_prefix("dm:")?.split_once(':')?;
+    (valid_user_id(a) && valid_user_id(b) && a <= b).then_some(())
+}
+
+fn parse_gid(gid: &str) -> Option<u64> {
+    if gid.is_empty() || gid.len() > 19 || !gid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    gid.parse().ok()
+}
+
+/// `user:<id>` or `group:<gid>`.
+fn parse_target(to: &str) -> Result<Target<'_>, &'static str> {
+    match to.split_once(':') {
+        Some(("user", user)) if valid_user_id(user) => Ok(Target::User(user)),
+        Some(("user", _)) => Err("`to` names no valid user id"),
+        Some(("group", gid)) => parse_gid(gid)
+            .map(Target::Group)
+            .ok_or("`to` names no valid group id"),
+        _ => Err("`to` is user:<id> or group:<gid>"),
+    }
+}
+
+fn check_members(users: &[String]) -> Result<(), (ErrorCode, String)> {
+    if users.len() > MAX_NAMED_MEMBERS {
+        return Err((
+            ErrorCode::BadRequest,
+            format!("at most {MAX_NAMED_MEMBERS} users per request"),
+        ));
+    }
+    match users.iter().find(|u| !valid_user_id(u)) {
+        Some(bad) => Err((
+            ErrorCode::BadRequest,
+            format!("'{}' is not a valid user id", bad.escape_debug()),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Why a `send` is refused before it reaches the store, or whom it is for.
-fn check_send(send: &protocol::Send, max_body: usize) -> Result<&str, (ErrorCode, String)> {
+fn check_send(send: &protocol::Send, max_body: usize) -> Result<Target<'_>, (ErrorCode, String)> {
     let bad = |message: &str| Err((ErrorCode::BadRequest, message.to_owned()));
     if send.cid.is_empty() || send.cid.len() > MAX_CID {
         return bad("`cid` must be 1 to 64 bytes");
     }
-    let to = match send.to.split_once(':') {
-        Some(("user", user)) if valid_user_id(user) => user,
-        Some(("user", _)) => return bad("`to` names no valid user id"),
-        Some(("group", _)) => return Err((ErrorCode::NotFound, "no such group".to_owned())),
-        _ => return bad("`to` is user:<id> or group:<gid>"),
-    };
+    let to = parse_target(&send.to).or_else(bad)?;
     if send.body.len() > max_body {
         return Err((
             ErrorCode::TooLarge,

@@ -17,13 +17,74 @@ pub const MAX_CID: usize = 64;
 pub const MAX_RID: usize = 128;
 /// Largest `limit` a `sync` page may ask for.
 pub const MAX_SYNC_PAGE: u32 = 1000;
+/// `history` page size when none is asked for, and the most one page holds.
+pub const HISTORY_PAGE: u32 = 50;
+pub const MAX_HISTORY_PAGE: u32 = 100;
+/// `convs` list length when none is asked for, and the most one list holds.
+pub const CONVS_PAGE: u32 = 100;
+pub const MAX_CONVS_PAGE: u32 = 500;
+/// Most users one `watch` may name, and most members one group request may name.
+pub const MAX_WATCH: usize = 256;
+pub const MAX_NAMED_MEMBERS: usize = 1000;
 
 #[derive(Debug)]
 pub enum Request {
     Ping,
     Send(Send),
-    Ack { seq: u64 },
-    Sync { after: u64, limit: u32 },
+    Ack {
+        seq: u64,
+    },
+    Sync {
+        after: u64,
+        limit: u32,
+    },
+    Read {
+        conv: String,
+        mid: u64,
+    },
+    Convs {
+        limit: u32,
+    },
+    History {
+        conv: String,
+        before: Option<u64>,
+        limit: u32,
+    },
+    GroupCreate {
+        name: String,
+        members: Vec<String>,
+    },
+    GroupAdd {
+        gid: u64,
+        members: Vec<String>,
+    },
+    GroupLeave {
+        gid: u64,
+    },
+    Recall {
+        mid: u64,
+    },
+    Watch {
+        users: Vec<String>,
+    },
+    Typing {
+        to: String,
+    },
+}
+
+impl Request {
+    /// Requests that change what is stored: they keep their order behind a `sync`.
+    pub fn writes(&self) -> bool {
+        matches!(
+            self,
+            Request::Send(_)
+                | Request::Read { .. }
+                | Request::GroupCreate { .. }
+                | Request::GroupAdd { .. }
+                | Request::GroupLeave { .. }
+                | Request::Recall { .. }
+        )
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,6 +133,70 @@ struct SyncFields {
 #[derive(Deserialize)]
 struct NoFields {}
 
+#[derive(Deserialize)]
+struct ReadFields {
+    conv: String,
+    mid: u64,
+}
+
+#[derive(Deserialize)]
+struct ConvsFields {
+    limit: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct HistoryFields {
+    conv: String,
+    before: Option<u64>,
+    limit: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct GroupCreateFields {
+    name: String,
+    #[serde(default)]
+    members: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct GroupFields {
+    #[serde(deserialize_with = "gid")]
+    gid: u64,
+    #[serde(default)]
+    members: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct RecallFields {
+    mid: u64,
+}
+
+#[derive(Deserialize)]
+struct WatchFields {
+    users: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct TypingFields {
+    to: String,
+}
+
+/// A group id as the server writes it (a decimal string), or as a number.
+fn gid<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Gid<'a> {
+        Number(u64),
+        Text(&'a str),
+    }
+    match Gid::deserialize(d)? {
+        Gid::Number(n) => Ok(n),
+        Gid::Text(s) => s
+            .parse()
+            .map_err(|_| serde::de::Error::custom("`gid` is a group id such as \"7\"")),
+    }
+}
+
 /// Parses one text frame. On success also returns the `rid`, if any.
 pub fn parse(text: &[u8]) -> Result<(Request, Option<Rid>), BadRequest> {
     let envelope: Envelope<'_> = serde_json::from_slice(text).map_err(|e| BadRequest {
@@ -104,22 +229,55 @@ pub fn parse(text: &[u8]) -> Result<(Request, Option<Rid>), BadRequest> {
         });
     };
     let fields = |e: serde_json::Error| format!("bad `{kind}` request: {e}");
-    let request = match &*kind {
-        "ping" => serde_json::from_slice::<NoFields>(text).map(|_| Request::Ping),
-        "send" => serde_json::from_slice::<Send>(text).map(Request::Send),
-        "ack" => serde_json::from_slice::<AckFields>(text).map(|f| Request::Ack { seq: f.seq }),
-        "sync" => serde_json::from_slice::<SyncFields>(text).map(|f| Request::Sync {
-            after: f.after,
-            limit: f.limit.unwrap_or(MAX_SYNC_PAGE).clamp(1, MAX_SYNC_PAGE),
-        }),
-        other => {
-            return Err(BadRequest {
-                message: format!("unknown type '{}'", other.escape_debug()),
-                rid,
-                cid: None,
-            })
-        }
-    };
+    let request =
+        match &*kind {
+            "ping" => serde_json::from_slice::<NoFields>(text).map(|_| Request::Ping),
+            "send" => serde_json::from_slice::<Send>(text).map(Request::Send),
+            "ack" => serde_json::from_slice::<AckFields>(text).map(|f| Request::Ack { seq: f.seq }),
+            "sync" => serde_json::from_slice::<SyncFields>(text).map(|f| Request::Sync {
+                after: f.after,
+                limit: f.limit.unwrap_or(MAX_SYNC_PAGE).clamp(1, MAX_SYNC_PAGE),
+            }),
+            "read" => serde_json::from_slice::<ReadFields>(text).map(|f| Request::Read {
+                conv: f.conv,
+                mid: f.mid,
+            }),
+            "convs" => serde_json::from_slice::<ConvsFields>(text).map(|f| Request::Convs {
+                limit: f.limit.unwrap_or(CONVS_PAGE).clamp(1, MAX_CONVS_PAGE),
+            }),
+            "history" => serde_json::from_slice::<HistoryFields>(text).map(|f| Request::History {
+                conv: f.conv,
+                before: f.before,
+                limit: f.limit.unwrap_or(HISTORY_PAGE).clamp(1, MAX_HISTORY_PAGE),
+            }),
+            "group_create" => {
+                serde_json::from_slice::<GroupCreateFields>(text).map(|f| Request::GroupCreate {
+                    name: f.name,
+                    members: f.members,
+                })
+            }
+            "group_add" => serde_json::from_slice::<GroupFields>(text).map(|f| Request::GroupAdd {
+                gid: f.gid,
+                members: f.members,
+            }),
+            "group_leave" => serde_json::from_slice::<GroupFields>(text)
+                .map(|f| Request::GroupLeave { gid: f.gid }),
+            "recall" => {
+                serde_json::from_slice::<RecallFields>(text).map(|f| Request::Recall { mid: f.mid })
+            }
+            "watch" => serde_json::from_slice::<WatchFields>(text)
+                .map(|f| Request::Watch { users: f.users }),
+            "typing" => {
+                serde_json::from_slice::<TypingFields>(text).map(|f| Request::Typing { to: f.to })
+            }
+            other => {
+                return Err(BadRequest {
+                    message: format!("unknown type '{}'", other.escape_debug()),
+                    rid,
+                    cid: None,
+                })
+            }
+        };
     match request {
         Ok(request) => Ok((request, rid)),
         Err(e) => Err(BadRequest {
@@ -187,7 +345,6 @@ pub enum Reply<'a> {
         seq: u64,
         ts: u64,
     },
-    Msg(Msg<'a>),
     Synced {
         #[serde(skip_serializing_if = "Option::is_none")]
         rid: Option<&'a RawValue>,
@@ -197,6 +354,42 @@ pub enum Reply<'a> {
     },
     Ok {
         rid: &'a RawValue,
+    },
+    /// A read cursor moved: the user's own other devices, and a dm peer's (a receipt).
+    Read {
+        conv: &'a str,
+        user: &'a str,
+        mid: u64,
+    },
+    Presence {
+        user: &'a str,
+        online: bool,
+    },
+    Typing {
+        conv: &'a str,
+        from: &'a str,
+    },
+    Convs {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<&'a RawValue>,
+        items: Vec<ConvItem<'a>>,
+    },
+    History {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<&'a RawValue>,
+        conv: &'a str,
+        msgs: Vec<Message<'a>>,
+        more: bool,
+    },
+    Group {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<&'a RawValue>,
+        #[serde(serialize_with = "as_string")]
+        gid: u64,
+        name: &'a str,
+        /// `null` once the group has ended (its last member left).
+        owner: Option<&'a str>,
+        members: &'a [String],
     },
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -208,13 +401,14 @@ pub enum Reply<'a> {
     },
 }
 
-/// One inbox entry as pushed.
+/// A message as clients see it: the fields of a pushed `msg` after its `seq`, an item of
+/// `history`, the `last` of a conversation.
 #[derive(Serialize)]
-pub struct Msg<'a> {
-    pub seq: u64,
+pub struct Message<'a> {
     pub mid: u64,
     pub conv: &'a str,
     pub from: &'a str,
+    /// Empty for a recalled message, a recall notice and a group change.
     pub body: &'a str,
     pub ts: u64,
     pub kind: &'a str,
@@ -223,6 +417,102 @@ pub struct Msg<'a> {
     pub cid: Option<&'a str>,
     #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
     pub ref_mid: Option<u64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub recalled: bool,
+    /// A `kind: "group"` change: `{op, gid, name, owner, members, users}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<&'a RawValue>,
+}
+
+impl<'a> Message<'a> {
+    /// A message whose stored body is shown as is, or, for a group change, whose body
+    /// is the change's JSON (stored as the body so it needs no column of its own).
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_stored(
+        mid: u64,
+        conv: &'a str,
+        from: &'a str,
+        body: &'a str,
+        ts: u64,
+        kind: &'a str,
+        cid: Option<&'a str>,
+        ref_mid: Option<u64>,
+        recalled: bool,
+    ) -> Message<'a> {
+        let group = if kind == "group" {
+            serde_json::from_str::<&RawValue>(body).ok()
+        } else {
+            None
+        };
+        Message {
+            mid,
+            conv,
+            from,
+            body: if group.is_some() { "" } else { body },
+            ts,
+            kind,
+            cid,
+            ref_mid,
+            recalled,
+            group,
+        }
+    }
+}
+
+/// One conversation of a `convs` reply.
+#[derive(Serialize)]
+pub struct ConvItem<'a> {
+    pub conv: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<&'a str>,
+    pub last: Option<Message<'a>>,
+    pub unread: u64,
+    pub read_mid: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_read_mid: Option<u64>,
+}
+
+/// A `msg` frame, serialized once per message and stamped per recipient: only the `seq`
+/// differs between the members of a group, so a fan-out to a thousand of them encodes the
+/// body once and then copies bytes.
+pub struct MsgFrame {
+    /// `,"mid":…}`: the message's JSON after its opening brace.
+    tail: Vec<u8>,
+}
+
+const MSG_HEAD: &[u8] = br#"{"type":"msg","seq":"#;
+
+impl MsgFrame {
+    pub fn new(message: &Message<'_>) -> MsgFrame {
+        let mut json = serde_json::to_vec(message).expect("message serializes");
+        // `{"mid":…}` → `,"mid":…}`: the seq goes before it.
+        json[0] = b',';
+        MsgFrame { tail: json }
+    }
+
+    /// The frame for the inbox entry `seq`.
+    pub fn with_seq(&self, seq: u64) -> Vec<u8> {
+        let mut digits = [0u8; 20];
+        let seq = format_u64(seq, &mut digits);
+        let mut text = Vec::with_capacity(MSG_HEAD.len() + seq.len() + self.tail.len());
+        text.extend_from_slice(MSG_HEAD);
+        text.extend_from_slice(seq);
+        text.extend_from_slice(&self.tail);
+        text
+    }
+}
+
+/// `n` in decimal, written at the end of `buf`.
+fn format_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
 }
 
 fn as_string<S: serde::Serializer>(n: &u64, s: S) -> Result<S::Ok, S::Error> {
@@ -322,21 +612,39 @@ mod tests {
             String::from_utf8(sent.to_json()).unwrap(),
             r#"{"type":"sent","rid":"r1","cid":"c","mid":9,"conv":"dm:a:b","seq":3,"ts":100}"#
         );
-        let msg = Reply::Msg(Msg {
-            seq: 4,
-            mid: 9,
-            conv: "dm:a:b",
-            from: "a",
-            body: "hé \"q\"",
-            ts: 100,
-            kind: "text",
-            cid: None,
-            ref_mid: None,
-        });
+        let message =
+            Message::from_stored(9, "dm:a:b", "a", "hé \"q\"", 100, "text", None, None, false);
+        let frame = MsgFrame::new(&message);
         assert_eq!(
-            String::from_utf8(msg.to_json()).unwrap(),
+            String::from_utf8(frame.with_seq(4)).unwrap(),
             r#"{"type":"msg","seq":4,"mid":9,"conv":"dm:a:b","from":"a","body":"hé \"q\"","ts":100,"kind":"text"}"#
         );
+        for seq in [0, 9, 10, 12_345, u64::MAX] {
+            let value: serde_json::Value = serde_json::from_slice(&frame.with_seq(seq)).unwrap();
+            assert_eq!(value["seq"], seq);
+            assert_eq!(value["mid"], 9);
+        }
+        let change = r#"{"op":"add","gid":"7","members":["a","b"]}"#;
+        let group = Message::from_stored(
+            10,
+            "group:7",
+            "a",
+            change,
+            5,
+            "group",
+            Some("g"),
+            None,
+            false,
+        );
+        let value: serde_json::Value =
+            serde_json::from_slice(&MsgFrame::new(&group).with_seq(1)).unwrap();
+        assert_eq!(value["body"], "");
+        assert_eq!(value["group"]["members"][1], "b");
+        assert_eq!(value["cid"], "g");
+        let recalled = Message::from_stored(11, "dm:a:b", "a", "", 5, "text", None, None, true);
+        let value: serde_json::Value =
+            serde_json::from_slice(&MsgFrame::new(&recalled).with_seq(2)).unwrap();
+        assert_eq!(value["recalled"], true);
         let error = Reply::Error {
             rid: None,
             cid: Some("c"),

@@ -53,8 +53,9 @@ pub trait Service {
     fn message(&mut self, conn: ConnId, opcode: OpCode, payload: &[u8], out: &mut Out<'_>);
 
     /// A connection that was upgraded is gone, for whatever reason. `code` is the close
-    /// code sent or received first, or 1006 when the connection ended without one.
-    fn closed(&mut self, _conn: ConnId, _code: u16) {}
+    /// code sent or received first, or 1006 when the connection ended without one. What
+    /// the service sends to other connections about it goes out in this wake-up.
+    fn closed(&mut self, _conn: ConnId, _code: u16, _out: &mut Out<'_>) {}
 
     /// The service's [`Waker`] was woken (another thread has results for it).
     fn woken(&mut self, _out: &mut Out<'_>) {}

@@ -241,15 +241,21 @@ impl<S: Service> Reactor<S> {
             {
                 self.with_service(None, |service, out| service.on_time(out));
             }
-            // One write per connection per wake-up, however many messages it was sent.
-            let mut dirty = std::mem::take(&mut self.dirty);
-            for id in dirty.drain(..) {
-                if self.live(id.to_u64()).is_some() {
-                    self.conn(id).dirty = false;
-                    self.flush(id);
+            // One write per connection per wake-up, however many messages it was sent. A
+            // failed write drops its connection, and the service may send to others about
+            // it (presence), so go round until nothing new is dirty.
+            while !self.dirty.is_empty() {
+                let mut dirty = std::mem::take(&mut self.dirty);
+                for id in dirty.drain(..) {
+                    if self.live(id.to_u64()).is_some() {
+                        self.conn(id).dirty = false;
+                        self.flush(id);
+                    }
+                }
+                if self.dirty.is_empty() {
+                    self.dirty = dirty;
                 }
             }
-            self.dirty = dirty;
             if self.scratch.capacity() > SCRATCH_KEEP {
                 self.scratch = Vec::with_capacity(READ_BUF);
             }
@@ -799,7 +805,7 @@ impl<S: Service> Reactor<S> {
                 0 => close_code::ABNORMAL,
                 code => code,
             };
-            self.service.closed(id, code);
+            self.with_service(None, |service, out| service.closed(id, code, out));
         }
     }
 }

@@ -110,7 +110,7 @@ impl FakeStore {
                     kind: kind.clone(),
                     ts,
                     ref_mid: None,
-                recalled: false,
+                    recalled: false,
                 };
                 let sender_seq = self.append(&sender, entry.clone());
                 let mut deliveries = vec![(sender.clone(), sender_seq)];
@@ -360,8 +360,8 @@ impl Harness {
         self.call(|hub, now, out| hub.connect(conn, user, now, out))
     }
 
-    fn disconnect(&mut self, conn: ConnKey) {
-        self.hub.disconnect(conn);
+    fn disconnect(&mut self, conn: ConnKey) -> Out {
+        self.call(|hub, _, out| hub.disconnect(conn, out))
     }
 
     /// A text frame from `conn`.
@@ -1149,7 +1149,7 @@ impl Sim {
     fn reconnect(&mut self, d: usize) {
         if let Some(conn) = self.devices[d].conn.take() {
             self.note(|| format!("device {d} conn {conn} disconnected"));
-            self.hub.disconnect(conn);
+            self.hub.disconnect(conn, &mut Vec::new());
         }
         let conn = self.next_conn;
         self.next_conn += 1;
@@ -1296,7 +1296,7 @@ impl Sim {
                     // connection, and reports it closed.
                     if let Some(d) = self.device_of(conn) {
                         self.devices[d].conn = None;
-                        self.hub.disconnect(conn);
+                        self.hub.disconnect(conn, &mut Vec::new());
                     }
                 }
                 Action::Send { conn, text, .. } => {
@@ -2023,7 +2023,7 @@ fn invalid_sends_are_refused_before_the_store() {
     h.connect(1, "alice");
     let long_cid = "c".repeat(65);
     let cases = [
-        (json!({"to": "group:x", "cid": "g"}), "not_found", "g"),
+        (json!({"to": "group:x", "cid": "g"}), "bad_request", "g"),
         (json!({"to": "user:bad/id", "cid": "u"}), "bad_request", "u"),
         (json!({"to": "bob", "cid": "b"}), "bad_request", "b"),
         (json!({"to": "user:", "cid": "e"}), "bad_request", "e"),
