@@ -2518,3 +2518,132 @@ fn a_refused_or_failed_sync_does_not_hold_later_sends() {
         "send after a failed sync is held: {out:#?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Presence, typing, and requests that wait for the writes before them
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn watchers_hear_of_the_first_connection_and_the_last_close_only() {
+    let mut h = Harness::new(HubConfig::default());
+    h.connect(1, "ann");
+    let out = h.req(
+        1,
+        json!({"type": "watch", "users": ["bob", "bob", "cat"], "rid": 9}),
+    );
+    let states: Vec<(Value, Value)> = out
+        .typed(1, "presence")
+        .iter()
+        .map(|p| (p["user"].clone(), p["online"].clone()))
+        .collect();
+    assert_eq!(
+        states,
+        [(json!("bob"), json!(false)), (json!("cat"), json!(false))],
+        "one presence per distinct user, then ok"
+    );
+    assert_eq!(out.types(1).last().map(String::as_str), Some("ok"));
+
+    let out = h.connect(2, "bob");
+    assert_eq!(out.one(1, "presence")["online"], true);
+    assert!(
+        h.connect(3, "bob").typed(1, "presence").is_empty(),
+        "a second device"
+    );
+    assert!(h.disconnect(2).typed(1, "presence").is_empty(), "one left");
+    assert_eq!(h.disconnect(3).one(1, "presence")["online"], false);
+
+    // A new list replaces the old; a closed watcher is forgotten.
+    h.req(1, json!({"type": "watch", "users": ["cat"]}));
+    assert!(h.connect(4, "bob").typed(1, "presence").is_empty());
+    h.disconnect(1);
+    assert!(h.connect(5, "cat").typed(1, "presence").is_empty());
+    assert!(h.hub.watchers.is_empty(), "no watcher lists left behind");
+}
+
+#[test]
+fn typing_is_relayed_to_the_peers_connections_and_throttled() {
+    let mut h = Harness::new(HubConfig::default());
+    h.connect(1, "ann");
+    h.connect(2, "ann");
+    h.connect(3, "bob");
+    let out = h.req(1, json!({"type": "typing", "to": "user:bob", "rid": 1}));
+    assert_eq!(out.one(3, "typing")["conv"], "dm:ann:bob");
+    assert!(
+        out.typed(2, "typing").is_empty(),
+        "not to the typist's own devices"
+    );
+    assert!(h.queue.is_empty(), "typing is never stored");
+    let out = h.req(1, json!({"type": "typing", "to": "user:bob", "rid": 2}));
+    assert_error(out.one(1, "error"), "rate_limited", None, Some(json!(2)));
+    assert!(out.typed(3, "typing").is_empty());
+    h.set_time(T0 + 300);
+    let out = h.req(1, json!({"type": "typing", "to": "user:bob"}));
+    assert_eq!(out.typed(3, "typing").len(), 1);
+}
+
+#[test]
+fn a_history_waits_for_the_sends_before_it() {
+    let mut h = Harness::new(HubConfig::default());
+    h.connect(1, "ann");
+    h.send(1, "bob", "c1");
+    let out = h.req(
+        1,
+        json!({"type": "history", "conv": "dm:ann:bob", "rid": "h"}),
+    );
+    assert!(out.is_empty(), "held until the send is answered: {out:#?}");
+    assert_eq!(h.queue.len(), 1);
+    let out = h.complete_send();
+    assert_eq!(out.types(1), ["sent"]);
+    assert!(
+        matches!(h.queue.front(), Some(Job::History { conv, .. }) if conv == "dm:ann:bob"),
+        "the history goes to the store once the send committed"
+    );
+}
+
+#[test]
+fn writes_wait_behind_a_sync_and_every_store_request_is_refused_while_stopping() {
+    let mut h = Harness::new(HubConfig::default());
+    h.connect(1, "ann");
+    h.req(1, json!({"type": "sync", "after": 0}));
+    let out = h.req(1, json!({"type": "read", "conv": "dm:ann:bob", "mid": 1}));
+    assert!(out.is_empty(), "a read cursor move waits for the synced");
+    let out = h.complete();
+    assert_eq!(out.types(1), ["synced"]);
+    assert!(matches!(h.queue.front(), Some(Job::MarkRead { .. })));
+
+    let mut out = Vec::new();
+    h.hub.shutdown(&mut out);
+    for request in [
+        json!({"type": "convs", "rid": 1}),
+        json!({"type": "recall", "mid": 3, "rid": 2}),
+        json!({"type": "group_create", "name": "g", "members": [], "rid": 3}),
+    ] {
+        let out = h.req(1, request.clone());
+        assert_error(
+            out.one(1, "error"),
+            "unavailable",
+            None,
+            Some(request["rid"].clone()),
+        );
+    }
+}
+
+#[test]
+fn requests_with_bad_fields_are_refused_before_the_store() {
+    let mut h = Harness::new(HubConfig::default());
+    h.connect(1, "ann");
+    for request in [
+        json!({"type": "read", "conv": "dm:bob:ann", "mid": 1}),
+        json!({"type": "history", "conv": "chan:1"}),
+        json!({"type": "group_create", "name": "  ", "members": []}),
+        json!({"type": "group_create", "name": "g", "members": ["bad id"]}),
+        json!({"type": "group_add", "gid": "x7", "members": ["bob"]}),
+        json!({"type": "group_add", "gid": 7, "members": []}),
+        json!({"type": "watch", "users": (0..257).map(|i| format!("u{i}")).collect::<Vec<_>>()}),
+        json!({"type": "typing", "to": "group:"}),
+    ] {
+        let out = h.req(1, request.clone());
+        assert_eq!(out.one(1, "error")["code"], "bad_request", "{request}");
+        assert!(h.queue.is_empty(), "{request} reached the store");
+    }
+}
