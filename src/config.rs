@@ -125,6 +125,11 @@ pub const SERVE_FLAGS: &[Flag] = &[
         help: "address of a reverse proxy whose X-Forwarded-For is believed (repeatable; IP or CIDR)",
     },
     Flag {
+        name: "max-per-address",
+        default: "0",
+        help: "IM connections one client address may hold at once (429 past it); 0: no limit",
+    },
+    Flag {
         name: "recall-window",
         default: "2m",
         help: "how long after sending a message its sender may recall it",

@@ -186,6 +186,7 @@ fn serve(args: &[String]) -> Result<(), String> {
         echo: values.switch("echo")?,
         origins: values.list("origin"),
         trusted_proxies: courier::forwarded::TrustedProxies::parse(&values.list("trusted-proxy"))?,
+        max_per_address: values.count("max-per-address")? as usize,
     };
     let listen = net.listen;
     // Before the reactor: from here on log lines go through the logger's thread, so the

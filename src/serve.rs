@@ -5,7 +5,7 @@
 //! wakes the reactor; the hub's actions are applied to connections through `Out`.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use crossbeam_channel::Receiver;
@@ -33,6 +33,8 @@ pub struct ServeConfig {
     /// `--origin`: browsers' Origins allowed on `/ws`; empty allows all.
     pub origins: Vec<String>,
     pub trusted_proxies: TrustedProxies,
+    /// `--max-per-address`: IM connections one client address may hold; 0 is no limit.
+    pub max_per_address: usize,
 }
 
 pub struct Server {
@@ -45,7 +47,12 @@ pub struct Server {
     origins: Vec<String>,
     trusted_proxies: TrustedProxies,
     /// Authenticated at the upgrade, greeted once the `101` is out.
-    admitted: HashMap<ConnId, String>,
+    admitted: HashMap<ConnId, (String, IpAddr)>,
+    /// The client address of every IM connection (behind a trusted proxy, the one it
+    /// forwarded), and how many each address holds.
+    address_of: HashMap<ConnId, IpAddr>,
+    per_address: HashMap<IpAddr, usize>,
+    max_per_address: usize,
     /// Connections on `/echo`.
     echoing: HashSet<ConnId>,
     started: Instant,
@@ -71,6 +78,9 @@ impl Server {
             origins: config.origins,
             trusted_proxies: config.trusted_proxies,
             admitted: HashMap::new(),
+            address_of: HashMap::new(),
+            per_address: HashMap::new(),
+            max_per_address: config.max_per_address,
             echoing: HashSet::new(),
             started: Instant::now(),
             actions: Vec::new(),
@@ -162,6 +172,36 @@ impl Server {
         Now {
             mono: out.now(),
             wall: clock::wall_ms(),
+        }
+    }
+
+    /// Admits an IM upgrade with a valid token, or answers `401`.
+    fn authorize(
+        &mut self,
+        conn: ConnId,
+        request: &Request<'_>,
+        client: IpAddr,
+        protocol: Option<&'static str>,
+        response: &mut Vec<u8>,
+    ) -> Admission {
+        match self.authenticate(request) {
+            Ok(user) => {
+                self.admitted.insert(conn, (user, client));
+                Admission::Accept { protocol }
+            }
+            Err(e) => {
+                crate::log_warn!("auth failed from {client}: {e}");
+                let body = format!("{e}\n");
+                handshake::write_response(
+                    response,
+                    401,
+                    "Unauthorized",
+                    "text/plain; charset=utf-8",
+                    &[("WWW-Authenticate", "Bearer")],
+                    body.as_bytes(),
+                );
+                Admission::Refuse
+            }
         }
     }
 
@@ -270,28 +310,25 @@ impl Service for Server {
                 );
                 Admission::Refuse
             }
-            "/ws" => match self.authenticate(request) {
-                Ok(user) => {
-                    self.admitted.insert(conn, user);
-                    Admission::Accept { protocol }
-                }
-                Err(e) => {
-                    let client = self
-                        .trusted_proxies
-                        .client(peer, request.header("x-forwarded-for"));
-                    crate::log_warn!("auth failed from {client}: {e}");
-                    let body = format!("{e}\n");
+            "/ws" => {
+                let client = self
+                    .trusted_proxies
+                    .client(peer, request.header("x-forwarded-for"));
+                let held = self.per_address.get(&client).copied().unwrap_or(0);
+                if self.max_per_address > 0 && held >= self.max_per_address {
+                    crate::log_warn!("refused {client}: already {held} connections");
                     handshake::write_response(
                         response,
-                        401,
-                        "Unauthorized",
+                        429,
+                        "Too Many Requests",
                         "text/plain; charset=utf-8",
-                        &[("WWW-Authenticate", "Bearer")],
-                        body.as_bytes(),
+                        &[("Retry-After", "10")],
+                        b"too many connections from this address\n",
                     );
-                    Admission::Refuse
+                    return Admission::Refuse;
                 }
-            },
+                self.authorize(conn, request, client, protocol, response)
+            }
             "/echo" if self.echo => {
                 self.echoing.insert(conn);
                 Admission::Accept { protocol: None }
@@ -313,7 +350,10 @@ impl Service for Server {
     fn opened(&mut self, conn: ConnId, out: &mut Out<'_>) {
         self.metrics.connections_opened.inc();
         self.metrics.connections_open.inc();
-        if let Some(user) = self.admitted.remove(&conn) {
+        if let Some((user, client)) = self.admitted.remove(&conn) {
+            self.address_of.insert(conn, client);
+            *self.per_address.entry(client).or_default() += 1;
+            crate::log_debug!("{user} connected from {client}");
             let now = Self::now(out);
             self.hub
                 .connect(conn.to_u64(), &user, now, &mut self.actions);
@@ -346,6 +386,22 @@ impl Service for Server {
         self.metrics.connections_closed.inc(code);
         if !self.echoing.remove(&conn) {
             self.admitted.remove(&conn);
+            if let Some(client) = self.address_of.remove(&conn) {
+                if let Some(held) = self.per_address.get_mut(&client) {
+                    *held -= 1;
+                    if *held == 0 {
+                        self.per_address.remove(&client);
+                    }
+                }
+                // The closes a server operator acts on are logged at info; the everyday
+                // ones (a client leaving, an idle timeout) only at debug.
+                match code {
+                    1000 | 1001 | 1005 | 1006 => {
+                        crate::log_debug!("connection from {client} closed: {code}")
+                    }
+                    _ => crate::log_info!("connection from {client} closed: {code}"),
+                }
+            }
             self.hub.disconnect(conn.to_u64(), &mut self.actions);
             self.apply(out);
         }

@@ -255,3 +255,49 @@ fn from_field_in_send_body_is_ignored() {
     assert_eq!(msgs.len(), 1);
     assert_eq!(msgs[0]["from"], "mallory");
 }
+
+/// Per-address limits count the client's address: the TCP peer's own, unless that peer is
+/// a `--trusted-proxy`, whose `X-Forwarded-For` then names the client.
+#[test]
+fn x_forwarded_for_counts_only_from_a_trusted_proxy() {
+    let target = format!("/ws?token={}", token("alice"));
+    let upgrade = |server: &Server, client: &str| {
+        let (status, head, stream) =
+            raw_upgrade(server.addr, &target, &[("X-Forwarded-For", client)]);
+        (status, head, stream)
+    };
+
+    // Untrusted peer: the header is ignored, so both connections are 127.0.0.1's.
+    let server = Server::start(&["--max-per-address", "1"]);
+    let (status, head, _first) = upgrade(&server, "203.0.113.7");
+    assert_eq!(status, 101, "{head}");
+    let (status, head, _) = upgrade(&server, "203.0.113.8");
+    assert_eq!(
+        status, 429,
+        "a forged header does not buy a new address: {head}"
+    );
+
+    // Trusted proxy: each forwarded client has its own allowance.
+    let server = Server::start(&["--max-per-address", "1", "--trusted-proxy", "127.0.0.1"]);
+    let (status, head, first) = upgrade(&server, "203.0.113.7");
+    assert_eq!(status, 101, "{head}");
+    let (status, head, _second) = upgrade(&server, "203.0.113.8");
+    assert_eq!(status, 101, "another client behind the proxy: {head}");
+    let (status, head, _) = upgrade(&server, "203.0.113.7");
+    assert_eq!(status, 429, "{head}");
+    assert!(head.contains("Retry-After"), "{head}");
+    // Its first connection closing frees the allowance.
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let (status, _, _stream) = upgrade(&server, "203.0.113.7");
+        if status == 101 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still refused after the close"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
