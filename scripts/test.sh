@@ -4,8 +4,9 @@
 #   ./scripts/test.sh
 #
 # Works on a fresh Debian machine with only the Rust toolchain: whatever else it needs
-# (rustfmt and clippy components, cargo-fuzz, Python's venv for the Autobahn runner) it
-# installs on first use. Takes well under 20 minutes on 2 cores.
+# (rustfmt and clippy components, cargo-fuzz, Python's venv for the Autobahn runner,
+# Node.js, the npm packages of package-lock.json, Debian's chromium) it installs on first
+# use. Takes well under 20 minutes on 2 cores.
 #
 # Environment:
 #   FUZZ_SECONDS   seconds per fuzz target (default 20)
@@ -33,6 +34,15 @@ on_exit() {
     fi
 }
 trap on_exit EXIT
+
+# Debian packages are installed as root, or through sudo when there is one.
+sudo_if_needed() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    else
+        sudo "$@"
+    fi
+}
 
 section "toolchain"
 cargo --version
@@ -70,8 +80,14 @@ section "benches compile (cargo bench --no-run)"
 cargo bench --no-run
 done_section
 
-# ---- Later issues: the node client tests and the Chromium end-to-end tests go here, each
-# ---- as its own section (install node/npm packages or Debian's chromium on first use).
+section "browser client unit tests (node --test web/test/*.test.mjs)"
+if ! command -v node >/dev/null 2>&1; then
+    sudo_if_needed apt-get update -qq
+    sudo_if_needed apt-get install -y -qq nodejs npm
+fi
+node --version
+node --test web/test/*.test.mjs
+done_section
 
 section "fuzz every target for ${FUZZ_SECONDS:-20}s (scripts/fuzz.sh)"
 scripts/fuzz.sh "${FUZZ_SECONDS:-20}"

@@ -1,6 +1,6 @@
 //! courier: a single-binary instant-messaging server.
 //!
-//! The protocol cores (`ws`, later `im`) are sans-IO: bytes and time in, events and bytes
+//! The protocol cores (`ws`, `im`) are sans-IO: bytes and time in, events and bytes
 //! out. `net` is the one place that owns sockets; `clock` the one place that reads time.
 //! See ARCHITECTURE.md for the data flow.
 
@@ -16,6 +16,7 @@ pub mod net;
 pub mod serve;
 pub mod signal;
 pub mod store;
+pub mod web;
 pub mod ws;
 
 // The wheel is an internal data structure; the fuzzer drives it directly.

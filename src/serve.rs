@@ -275,6 +275,7 @@ impl Service for Server {
                     ),
                 }
             }
+            _ if crate::web::serve(request, out) => {}
             _ => handshake::write_response(
                 out,
                 404,

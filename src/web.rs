@@ -1,0 +1,156 @@
+//! The chat page and its client library, built into the binary: the single file is the
+//! whole product, and a page can never be out of step with the server that serves it.
+//!
+//! Each file is answered with its content type, `nosniff`, and an `ETag` (a hash of the
+//! embedded bytes). `Cache-Control: no-cache` lets a browser keep a copy but ask again every
+//! time, so an upgraded server is picked up at once while an unchanged page costs a `304`.
+//! The HTML also carries a Content Security Policy: scripts, styles and sockets from this
+//! origin only, so a message body that slipped past the page's escaping still could not
+//! load or send anything elsewhere.
+
+use crate::ws::handshake::{self, Request};
+
+struct Asset {
+    path: &'static str,
+    content_type: &'static str,
+    body: &'static [u8],
+}
+
+const ASSETS: &[Asset] = &[
+    Asset {
+        path: "/",
+        content_type: "text/html; charset=utf-8",
+        body: include_bytes!("../web/index.html"),
+    },
+    Asset {
+        path: "/app.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../web/app.js"),
+    },
+    Asset {
+        path: "/courier.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../web/courier.js"),
+    },
+    Asset {
+        path: "/app.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_bytes!("../web/app.css"),
+    },
+];
+
+const CSP: &str = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; \
+                   base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/// Answers `request` if it names one of the embedded files; false otherwise.
+pub fn serve(request: &Request<'_>, out: &mut Vec<u8>) -> bool {
+    let path = match request.path() {
+        "/index.html" => "/",
+        path => path,
+    };
+    let Some(asset) = ASSETS.iter().find(|a| a.path == path) else {
+        return false;
+    };
+    let etag = etag(asset.body);
+    let mut headers = vec![
+        ("Cache-Control", "no-cache"),
+        ("ETag", etag.as_str()),
+        ("X-Content-Type-Options", "nosniff"),
+    ];
+    if asset.content_type.starts_with("text/html") {
+        headers.push(("Content-Security-Policy", CSP));
+        headers.push(("Referrer-Policy", "no-referrer"));
+    }
+    let cached = request
+        .header("if-none-match")
+        .is_some_and(|tags| matches_etag(tags, &etag));
+    if cached {
+        handshake::write_response(out, 304, "Not Modified", asset.content_type, &headers, b"");
+    } else {
+        handshake::write_response(out, 200, "OK", asset.content_type, &headers, asset.body);
+    }
+    true
+}
+
+/// A strong validator: FNV-1a over the bytes, which only ever change with the binary.
+fn etag(body: &[u8]) -> String {
+    let hash = body.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("\"{hash:016x}\"")
+}
+
+/// `If-None-Match` is a comma-separated list of tags, or `*`.
+fn matches_etag(header: &[u8], etag: &str) -> bool {
+    let Ok(header) = std::str::from_utf8(header) else {
+        return false;
+    };
+    header
+        .split(',')
+        .map(|t| t.trim().trim_start_matches("W/"))
+        .any(|t| t == "*" || t == etag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(target: &str, extra: &str) -> Vec<u8> {
+        let raw = format!("GET {target} HTTP/1.1\r\nHost: x\r\n{extra}\r\n");
+        let (request, _) = handshake::parse_request(raw.as_bytes()).unwrap().unwrap();
+        let mut out = Vec::new();
+        assert!(serve(&request, &mut out), "{target} is served");
+        out
+    }
+
+    fn text(bytes: &[u8]) -> String {
+        String::from_utf8_lossy(bytes).into_owned()
+    }
+
+    #[test]
+    fn each_file_has_its_type_and_the_page_its_policy() {
+        let page = text(&get("/", ""));
+        assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+        assert!(page.contains("Content-Type: text/html; charset=utf-8"));
+        assert!(page.contains("Content-Security-Policy: default-src 'self'"));
+        assert!(page.contains("<html"));
+        for (path, ty) in [
+            ("/app.js", "text/javascript"),
+            ("/courier.js", "text/javascript"),
+            ("/app.css", "text/css"),
+        ] {
+            let head = text(&get(path, ""));
+            assert!(
+                head.contains(&format!("Content-Type: {ty}")),
+                "{path}: {head}"
+            );
+            assert!(head.contains("X-Content-Type-Options: nosniff"));
+            assert!(
+                !head.contains("Content-Security-Policy"),
+                "only on the page"
+            );
+        }
+    }
+
+    #[test]
+    fn a_matching_etag_gets_304_without_a_body() {
+        let page = text(&get("/", ""));
+        let etag = page
+            .lines()
+            .find_map(|l| l.strip_prefix("ETag: "))
+            .expect("an ETag")
+            .to_owned();
+        let again = text(&get("/", &format!("If-None-Match: \"other\", {etag}\r\n")));
+        assert!(again.starts_with("HTTP/1.1 304"), "{again}");
+        assert!(again.ends_with("\r\n\r\n"), "no body: {again}");
+        let stale = text(&get("/", "If-None-Match: \"0000\"\r\n"));
+        assert!(stale.starts_with("HTTP/1.1 200"));
+    }
+
+    #[test]
+    fn other_paths_are_not_ours() {
+        let raw = b"GET /nope.js HTTP/1.1\r\nHost: x\r\n\r\n";
+        let (request, _) = handshake::parse_request(raw).unwrap().unwrap();
+        assert!(!serve(&request, &mut Vec::new()));
+    }
+}
