@@ -89,6 +89,10 @@ node --version
 node --test web/test/*.test.mjs
 done_section
 
+section "chat page end to end in Chromium (scripts/e2e.sh)"
+scripts/e2e.sh
+done_section
+
 section "fuzz every target for ${FUZZ_SECONDS:-20}s (scripts/fuzz.sh)"
 scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
 done_section
