@@ -25,7 +25,21 @@
 //!
 //! Being the only writer (the data folder is `flock`ed, so a second process is refused at
 //! open) the writer keeps every user's uid and inbox head in memory and assigns seqs with
-//! no query; `users.head` is written once per touched user per batch.
+//! no query; `users.head` is written once per touched user per batch. It also remembers
+//! group member lists (`groups.rs`) and which dm conversations are already listed for
+//! both sides (`conv.rs`), so neither a message to a large group nor a message in a
+//! running conversation reads or writes rows for them. All of it is dropped or restored
+//! when a transaction rolls back.
+//!
+//! # Conversations, groups, recall
+//! A message belongs to one conversation, `dm:<a>:<b>` or `group:<gid>` (`conv.rs`), is
+//! stored once in `messages` and reaches its participants through their inboxes. Every
+//! participant has a `convs` row holding their read cursor, which is what the conversation
+//! list (`views.rs`) is made of. Group changes and recalls are messages too, written by
+//! the server on the user's behalf (`events.rs`): a `group` event to every member
+//! (`groups.rs`), a `recall` notice to every participant after the body is erased in
+//! storage (`recall.rs`). History, last messages and unread counts read the
+//! `(conv, mid)` index.
 //!
 //! # Reads: a pool of snapshot readers
 //! `readers` threads share one queue, each with a read-only connection. WAL gives each read
@@ -72,10 +86,15 @@
 //! is a step appended to `schema::MIGRATIONS`, never an edit of an existing one.
 
 mod checkpoint;
+mod conv;
 mod error;
+mod events;
+mod groups;
 mod reader;
+mod recall;
 mod schema;
 mod stats;
+mod views;
 mod writer;
 
 #[cfg(test)]

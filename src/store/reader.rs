@@ -14,6 +14,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::error::{sql, StoreError};
 use super::schema::{get_opt_u64, get_u64};
 use super::stats::Counters;
+use super::views;
 use super::{complete, Completion, Entry, Job, Notify, Outcome, Page};
 
 pub(crate) struct Reader {
@@ -38,8 +39,19 @@ impl Reader {
                 } => page(&mut self.conn, user, *after, *limit, *max_bytes)
                     .map(Outcome::Page)
                     .map_err(sql),
-                Job::Convs { .. } | Job::History { .. } | Job::Members { .. } => {
-                    Err(StoreError::Internal("not built yet".into()))
+                Job::Convs { user, limit, .. } => {
+                    views::convs(&mut self.conn, user, *limit).map(Outcome::Convs)
+                }
+                Job::History {
+                    user,
+                    conv,
+                    before,
+                    limit,
+                    ..
+                } => views::history(&mut self.conn, user, conv, *before, *limit)
+                    .map(Outcome::History),
+                Job::Members { user, gid, .. } => {
+                    views::members(&mut self.conn, user, *gid).map(Outcome::Members)
                 }
                 _ => Err(StoreError::Internal("write job routed to a reader".into())),
             };
@@ -79,7 +91,7 @@ fn page(
         // scan of this user's inbox (its primary key, already in seq order, so no sort),
         // then one rowid lookup per entry in messages and users.
         let mut stmt = tx.prepare_cached(
-            "SELECT i.seq, i.mid, m.conv, u.name, m.cid, m.body, m.kind, m.ts, m.ref
+            "SELECT i.seq, i.mid, m.conv, u.name, m.cid, m.body, m.kind, m.ts, m.ref, m.recalled
              FROM inbox AS i
              CROSS JOIN messages AS m ON m.mid = i.mid
              CROSS JOIN users AS u ON u.uid = m.sender
@@ -98,7 +110,7 @@ fn page(
                 kind: row.get(6)?,
                 ts: get_u64(row, 7)?,
                 ref_mid: get_opt_u64(row, 8)?,
-                recalled: false,
+                recalled: row.get(9)?,
             })
         })?;
         let mut entries = Vec::new();

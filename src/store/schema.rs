@@ -22,8 +22,6 @@ use super::{checkpoint, Synchronous};
 /// Sizing: an inbox row is three integers in a `WITHOUT ROWID` table, so the row *is* its
 /// primary-key entry (no separate rowid tree to maintain), about 10 bytes on disk; a
 /// 1,000-member group costs 1,000 of those, and the body is stored once in `messages`.
-/// `messages.conv` has no index yet: history (a later issue) will add `(conv, mid)` in its
-/// own migration, and until then the hot insert path pays for no index it does not use.
 pub(crate) const MIGRATIONS: &[&str] = &[
     // 1: users, messages, per-user inbox.
     "CREATE TABLE users(
@@ -49,6 +47,48 @@ pub(crate) const MIGRATIONS: &[&str] = &[
          mid INTEGER NOT NULL,
          PRIMARY KEY(uid, seq)
      ) WITHOUT ROWID;",
+    // 2: recall, conversations with read cursors, groups.
+    //
+    // messages.recalled: a recalled message keeps its row, whose mid, conv, sender and cid
+    // still answer a resend and keep history's order, but its body is erased.
+    //
+    // messages_by_conv: a history page, a conversation's last message and its unread count
+    // are each a range of it (the mid is the rowid, so the index covers the order). It is
+    // the one new cost on the hot send path: one more index entry per message.
+    //
+    // groups.owner is a uid, NULL once the last member has left (the group has ended). The
+    // row stays, so a gid is never handed out twice: gids are rowids without AUTOINCREMENT,
+    // and only deleting the newest row could make SQLite reuse one.
+    //
+    // members.joined is the mid of the event that added the member: `(joined, uid)` is the
+    // join order (listing, and who inherits ownership). No `(uid, gid)` index: nothing asks
+    // for a user's groups; a user's conversations, groups included, are their convs rows.
+    //
+    // convs: one row per user per conversation they take part in, with their read cursor.
+    // Version 1 stored dm conversations only; every user with an inbox entry of one takes
+    // part in it, so the backfill reads the inbox once (a full scan, at this one upgrade).
+    "ALTER TABLE messages ADD COLUMN recalled INTEGER NOT NULL DEFAULT 0;
+     CREATE INDEX messages_by_conv ON messages(conv, mid);
+     CREATE TABLE groups(
+         gid     INTEGER PRIMARY KEY,
+         name    TEXT NOT NULL,
+         owner   INTEGER,
+         created INTEGER NOT NULL
+     );
+     CREATE TABLE members(
+         gid    INTEGER NOT NULL,
+         uid    INTEGER NOT NULL,
+         joined INTEGER NOT NULL,
+         PRIMARY KEY(gid, uid)
+     ) WITHOUT ROWID;
+     CREATE TABLE convs(
+         uid      INTEGER NOT NULL,
+         conv     TEXT NOT NULL,
+         read_mid INTEGER NOT NULL DEFAULT 0,
+         PRIMARY KEY(uid, conv)
+     ) WITHOUT ROWID;
+     INSERT OR IGNORE INTO convs(uid, conv)
+         SELECT i.uid, m.conv FROM inbox AS i CROSS JOIN messages AS m ON m.mid = i.mid;",
 ];
 
 /// How long a statement waits on a lock held by another connection before failing. In one
@@ -129,6 +169,13 @@ fn configure_writer(conn: &Connection, synchronous: Synchronous) -> rusqlite::Re
     // writer being the only one who inserts.
     conn.pragma_update(None, "foreign_keys", false)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
+    // A recall erases a body (recall.rs): with this on, SQLite overwrites the freed bytes,
+    // overflow pages of a long body included, instead of leaving them in free space. ON
+    // rather than FAST because FAST skips pages moved to the freelist, which is where a
+    // long body's overflow pages go. The cost falls on deletes and shrinking updates only
+    // (recalls, leaves), never on the inserts of the send path. The WAL keeps the old page
+    // images until it is checkpointed and overwritten.
+    conn.pragma_update(None, "secure_delete", "ON")?;
     conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
     conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
     // Checkpoints belong to the checkpointer thread; this is only its backstop.

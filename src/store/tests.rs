@@ -860,6 +860,17 @@ fn histogram_buckets_are_powers_of_two() {
 // ---- throughput (run with `cargo test --release --lib store -- --ignored --nocapture`) ----
 
 fn throughput(synchronous: Synchronous) {
+    throughput_of(synchronous, "random pairs", |rng| {
+        (rng.next(1000), rng.next(1000))
+    });
+}
+
+/// 100,000 sends among 1,000 users, each pair picked by `pair` (user indexes).
+fn throughput_of(
+    synchronous: Synchronous,
+    what: &str,
+    mut pair: impl FnMut(&mut Lcg) -> (usize, usize),
+) {
     let dir = TempDir::new("throughput");
     let mut cfg = config(&dir);
     cfg.synchronous = synchronous;
@@ -869,14 +880,17 @@ fn throughput(synchronous: Synchronous) {
     let n = 100_000u64;
     let mut rng = Lcg(1);
     let jobs: Vec<Job> = (0..n)
-        .map(|tag| Job::Send {
-            tag,
-            sender: users[rng.next(users.len())].clone(),
-            cid: format!("c{tag}"),
-            to: users[rng.next(users.len())].clone(),
-            body: "hello, this is a typical short chat message".into(),
-            kind: "text".into(),
-            ts: 1_700_000_000_000 + tag,
+        .map(|tag| {
+            let (from, to) = pair(&mut rng);
+            Job::Send {
+                tag,
+                sender: users[from].clone(),
+                cid: format!("c{tag}"),
+                to: users[to].clone(),
+                body: "hello, this is a typical short chat message".into(),
+                kind: "text".into(),
+                ts: 1_700_000_000_000 + tag,
+            }
         })
         .collect();
     let started = Instant::now();
@@ -889,7 +903,7 @@ fn throughput(synchronous: Synchronous) {
     let took = started.elapsed();
     let stats = store.stats();
     println!(
-        "synchronous={synchronous}: {n} sends in {:.3} s = {:.0}/s; {} batches (sizes {}); commit p50 <= {} us, p99 <= {} us (us: {}); {} checkpoints",
+        "synchronous={synchronous}, {what}: {n} sends in {:.3} s = {:.0}/s; {} batches (sizes {}); commit p50 <= {} us, p99 <= {} us (us: {}); {} checkpoints",
         took.as_secs_f64(),
         n as f64 / took.as_secs_f64(),
         stats.batches,
@@ -897,6 +911,68 @@ fn throughput(synchronous: Synchronous) {
         stats.commit_us.quantile(0.5),
         stats.commit_us.quantile(0.99),
         stats.commit_us,
+        stats.checkpoints,
+    );
+}
+
+/// Every user writes to the same five peers: after the first messages every conversation
+/// is a running one, as in a real chat, rather than almost every message opening a new one.
+#[test]
+#[ignore = "throughput figure, run in release"]
+fn throughput_100k_sends_steady_pairs_normal() {
+    throughput_of(Synchronous::Normal, "steady pairs", |rng| {
+        let from = rng.next(1000);
+        (from, (from + 1 + rng.next(5)) % 1000)
+    });
+}
+
+/// Sends to one 1,000-member group: a million inbox entries from 1,000 messages.
+#[test]
+#[ignore = "throughput figure, run in release"]
+fn throughput_group_of_1000_normal() {
+    let dir = TempDir::new("throughput-group");
+    let mut cfg = config(&dir);
+    cfg.queue = 10_000;
+    let (store, done, _) = open_ok(&cfg);
+    let users: Vec<String> = (0..1000).map(|i| format!("user{i}")).collect();
+    submit(
+        &store,
+        Job::GroupCreate {
+            tag: 0,
+            owner: users[0].clone(),
+            name: "everyone".into(),
+            members: users.clone(),
+            ts: 1_700_000_000_000,
+            max_members: 1000,
+        },
+    );
+    assert!(matches!(
+        recv(&done),
+        Completion::Group { result: Ok(_), .. }
+    ));
+    let n = 1000u64;
+    let mut rng = Lcg(9);
+    let started = Instant::now();
+    for tag in 0..n {
+        let from = &users[rng.next(users.len())];
+        submit(
+            &store,
+            group_send_job(tag, from, 1, &format!("c{tag}"), "hello, everyone"),
+        );
+    }
+    for _ in 0..n {
+        assert_eq!(recv_sent(&done).1.deliveries.len(), 1000);
+    }
+    let took = started.elapsed();
+    let stats = store.stats();
+    println!(
+        "group of 1000: {n} sends in {:.3} s = {:.0}/s, {:.0} inbox entries/s; {} batches; commit p50 <= {} us, p99 <= {} us; {} checkpoints",
+        took.as_secs_f64(),
+        n as f64 / took.as_secs_f64(),
+        (n * 1000) as f64 / took.as_secs_f64(),
+        stats.batches,
+        stats.commit_us.quantile(0.5),
+        stats.commit_us.quantile(0.99),
         stats.checkpoints,
     );
 }
@@ -916,6 +992,18 @@ fn throughput_100k_sends_full() {
 /// Offers `rate` sends a second for `secs` seconds from another thread, in small bursts as
 /// a reactor's wake-ups would submit them, and reports submit → completion latency.
 fn paced(synchronous: Synchronous, rate: u64, secs: u64) {
+    paced_of(synchronous, rate, secs, |rng| {
+        (rng.next(1000), rng.next(1000))
+    });
+}
+
+/// [`paced`], with each sender and recipient picked by `pair` (indexes of 1,000 users).
+fn paced_of(
+    synchronous: Synchronous,
+    rate: u64,
+    secs: u64,
+    pair: impl Fn(&mut Lcg) -> (usize, usize) + Send + 'static,
+) {
     let dir = TempDir::new("paced");
     let mut cfg = config(&dir);
     cfg.synchronous = synchronous;
@@ -935,12 +1023,13 @@ fn paced(synchronous: Synchronous, rate: u64, secs: u64) {
                 while start.elapsed() < due {
                     std::thread::sleep(Duration::from_micros(500));
                 }
+                let (from, to) = pair(&mut rng);
                 let job = Job::Send {
                     // The tag carries the submit time, so no shared table is needed.
                     tag: start.elapsed().as_nanos() as u64,
-                    sender: users[rng.next(users.len())].clone(),
+                    sender: users[from].clone(),
                     cid: format!("c{i}"),
-                    to: users[rng.next(users.len())].clone(),
+                    to: users[to].clone(),
                     body: "hello, this is a typical short chat message".into(),
                     kind: "text".into(),
                     ts: 1_700_000_000_000 + i,
@@ -984,6 +1073,17 @@ fn paced(synchronous: Synchronous, rate: u64, secs: u64) {
 #[ignore = "latency figure, run in release"]
 fn paced_20k_per_s_normal() {
     paced(Synchronous::Normal, 20_000, 5);
+}
+
+/// [`paced_20k_per_s_normal`] with running conversations: every user writes to the same
+/// five peers, rather than almost every message opening a new conversation.
+#[test]
+#[ignore = "latency figure, run in release"]
+fn paced_20k_per_s_steady_pairs_normal() {
+    paced_of(Synchronous::Normal, 20_000, 5, |rng| {
+        let from = rng.next(1000);
+        (from, (from + 1 + rng.next(5)) % 1000)
+    });
 }
 
 #[test]
@@ -1037,4 +1137,1220 @@ fn a_page_stops_once_its_bodies_reach_the_byte_budget_but_holds_at_least_one_ent
     let all = read(0, u64::MAX);
     assert_eq!(all.entries.len(), 10);
     assert_eq!(all.head, 10);
+}
+
+// ---- groups, recall, read cursors, conversations, history ----
+
+/// Timestamp of the jobs below that do not care about time.
+const TS: u64 = 1_700_000_000_000;
+/// The recall window the hub uses by default.
+const WINDOW: u64 = 120_000;
+
+/// A store and its completions, with one method per job kind that submits it and waits for
+/// its answer.
+struct Im {
+    store: Store,
+    done: Receiver<Completion>,
+}
+
+impl Im {
+    fn open(dir: &TempDir) -> Im {
+        let (store, done, _) = open_ok(&config(dir));
+        Im { store, done }
+    }
+
+    fn run(&self, job: Job) -> Completion {
+        submit(&self.store, job);
+        recv(&self.done)
+    }
+
+    fn send(&self, from: &str, to: &str, cid: &str) -> Sent {
+        send(&self.store, &self.done, from, to, cid)
+    }
+
+    fn page(&self, user: &str, after: u64) -> Page {
+        page(&self.store, &self.done, user, after, 10_000)
+    }
+
+    fn create(&self, owner: &str, name: &str, members: &[&str]) -> Result<GroupChange, StoreError> {
+        group_result(self.run(create_job(owner, name, members, 100)))
+    }
+
+    fn add(&self, user: &str, gid: u64, members: &[&str]) -> Result<GroupChange, StoreError> {
+        group_result(self.run(Job::GroupAdd {
+            tag: 0,
+            user: user.into(),
+            gid,
+            members: strings(members),
+            ts: TS,
+            max_members: 100,
+        }))
+    }
+
+    fn leave(&self, user: &str, gid: u64) -> Result<GroupChange, StoreError> {
+        group_result(self.run(Job::GroupLeave {
+            tag: 0,
+            user: user.into(),
+            gid,
+            ts: TS,
+        }))
+    }
+
+    fn group_send(&self, from: &str, gid: u64, cid: &str) -> Result<Sent, StoreError> {
+        match self.run(group_send_job(0, from, gid, cid, &format!("body of {cid}"))) {
+            Completion::Sent { result, .. } => result,
+            other => panic!("expected Sent, got {other:?}"),
+        }
+    }
+
+    fn recall(&self, user: &str, mid: u64, now: u64) -> Result<Sent, StoreError> {
+        match self.run(Job::Recall {
+            tag: 0,
+            user: user.into(),
+            mid,
+            now,
+            window_ms: WINDOW,
+        }) {
+            Completion::Recalled { result, .. } => result,
+            other => panic!("expected Recalled, got {other:?}"),
+        }
+    }
+
+    fn read(&self, user: &str, conv: &str, mid: u64) -> Result<ReadMoved, StoreError> {
+        match self.run(Job::MarkRead {
+            tag: 0,
+            user: user.into(),
+            conv: conv.into(),
+            mid,
+        }) {
+            Completion::Read { result, .. } => result,
+            other => panic!("expected Read, got {other:?}"),
+        }
+    }
+
+    fn convs(&self, user: &str, limit: u32) -> Vec<ConvSummary> {
+        match self.run(Job::Convs {
+            tag: 0,
+            user: user.into(),
+            limit,
+        }) {
+            Completion::Convs { result, .. } => result.expect("convs"),
+            other => panic!("expected Convs, got {other:?}"),
+        }
+    }
+
+    fn history(
+        &self,
+        user: &str,
+        conv: &str,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<History, StoreError> {
+        match self.run(Job::History {
+            tag: 0,
+            user: user.into(),
+            conv: conv.into(),
+            before,
+            limit,
+        }) {
+            Completion::History { result, .. } => result,
+            other => panic!("expected History, got {other:?}"),
+        }
+    }
+
+    fn members(&self, user: &str, gid: u64) -> Result<Vec<String>, StoreError> {
+        match self.run(Job::Members {
+            tag: 0,
+            user: user.into(),
+            gid,
+        }) {
+            Completion::Members { result, .. } => result,
+            other => panic!("expected Members, got {other:?}"),
+        }
+    }
+
+    fn head(&self, user: &str) -> u64 {
+        self.page(user, 0).head
+    }
+}
+
+fn strings(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+fn create_job(owner: &str, name: &str, members: &[&str], max_members: u32) -> Job {
+    Job::GroupCreate {
+        tag: 0,
+        owner: owner.into(),
+        name: name.into(),
+        members: strings(members),
+        ts: TS,
+        max_members,
+    }
+}
+
+fn group_send_job(tag: u64, from: &str, gid: u64, cid: &str, body: &str) -> Job {
+    Job::GroupSend {
+        tag,
+        sender: from.into(),
+        cid: cid.into(),
+        gid,
+        body: body.into(),
+        kind: "text".into(),
+        ts: TS + tag,
+    }
+}
+
+fn group_result(c: Completion) -> Result<GroupChange, StoreError> {
+    match c {
+        Completion::Group { result, .. } => result,
+        other => panic!("expected Group, got {other:?}"),
+    }
+}
+
+fn names(deliveries: &[(String, u64)]) -> Vec<&str> {
+    deliveries.iter().map(|(u, _)| u.as_str()).collect()
+}
+
+fn mids(history: &History) -> Vec<u64> {
+    history.msgs.iter().map(|m| m.mid).collect()
+}
+
+fn query_i64(dir: &TempDir, sql: &str) -> i64 {
+    side(dir).query_row(sql, [], |r| r.get(0)).expect(sql)
+}
+
+/// Tracks each user's expected next seq: every delivery must be the one after the last.
+#[derive(Default)]
+struct Seqs(HashMap<String, u64>);
+
+impl Seqs {
+    fn check(&mut self, deliveries: &[(String, u64)]) {
+        for (user, seq) in deliveries {
+            let next = self.0.entry(user.clone()).or_insert(0);
+            *next += 1;
+            assert_eq!(*seq, *next, "{user}: gap-free seqs");
+        }
+    }
+}
+
+#[test]
+fn a_group_is_created_with_its_owner_first_deduplicated_and_an_event_for_everyone() {
+    let dir = TempDir::new("group-create");
+    let im = Im::open(&dir);
+    // carol exists before the group: within one event, join order is the order the store
+    // first saw each user.
+    im.send("carol", "carol", "n");
+    let change = im
+        .create("alice", "  team  ", &["bob", "carol", "bob", "alice"])
+        .unwrap();
+    assert_eq!(change.gid, 1);
+    assert_eq!(change.name, "team", "trimmed");
+    assert_eq!(change.owner.as_deref(), Some("alice"));
+    assert_eq!(change.members, ["carol", "alice", "bob"]);
+    let event = change.event.expect("an event");
+    assert_eq!(event.conv, "group:1");
+    assert_eq!(event.kind, "group");
+    assert_eq!(event.from, "alice");
+    assert_eq!(event.cid, format!("group:1:{}", event.mid));
+    assert!(!event.duplicate);
+    assert_eq!(
+        event.body,
+        r#"{"op":"create","gid":"1","name":"team","owner":"alice","members":["carol","alice","bob"],"users":["carol","alice","bob"]}"#
+    );
+    assert_eq!(
+        event.deliveries,
+        [("alice".into(), 1), ("carol".into(), 2), ("bob".into(), 1)]
+    );
+    assert_eq!(event.sender_seq, 1);
+    for user in ["alice", "bob", "carol"] {
+        let last = im.page(user, 0).entries.pop().unwrap();
+        assert_eq!((last.mid, last.kind.as_str()), (event.mid, "group"));
+        assert_eq!(last.body, event.body);
+    }
+    assert_eq!(im.members("bob", 1).unwrap(), ["carol", "alice", "bob"]);
+    let second = im.create("bob", "other", &[]).unwrap();
+    assert_eq!((second.gid, second.members), (2, vec!["bob".to_string()]));
+}
+
+#[test]
+fn a_group_create_is_refused_for_a_bad_name_or_too_many_members_and_stores_nothing() {
+    let dir = TempDir::new("group-create-refused");
+    let im = Im::open(&dir);
+    for name in ["", "   ", &"x".repeat(65)] {
+        assert_eq!(
+            im.create("alice", name, &["bob"]),
+            Err(StoreError::Invalid("a group name is 1 to 64 bytes"))
+        );
+    }
+    assert!(im
+        .create("alice", &format!(" {} ", "x".repeat(64)), &[])
+        .is_ok());
+    // Three distinct members with the owner: over a limit of two, and exactly at three.
+    let too_many = create_job("alice", "t", &["bob", "carol", "bob"], 2);
+    assert_eq!(
+        group_result(im.run(too_many)),
+        Err(StoreError::Forbidden(
+            "the group would have too many members"
+        ))
+    );
+    assert!(group_result(im.run(create_job("alice", "t", &["bob", "carol", "bob"], 3))).is_ok());
+    assert_eq!(
+        im.create("alice", "t", &["bob", ""]),
+        Err(StoreError::Invalid("empty user id"))
+    );
+    let mut bad_ts = create_job("alice", "t", &[], 3);
+    if let Job::GroupCreate { ts, .. } = &mut bad_ts {
+        *ts = u64::MAX;
+    }
+    assert_eq!(
+        group_result(im.run(bad_ts)),
+        Err(StoreError::Invalid("ts out of range"))
+    );
+    drop(im);
+    assert_eq!(count(&dir, "groups"), 2);
+    assert_eq!(count(&dir, "messages"), 2);
+    assert_eq!(count(&dir, "users"), 3, "refused jobs created no user");
+}
+
+#[test]
+fn a_group_send_reaches_every_member_once_stored_with_gap_free_seqs() {
+    let dir = TempDir::new("group-send");
+    let mut cfg = config(&dir);
+    cfg.max_batch = 5;
+    let (store, done, _) = open_ok(&cfg);
+    let im = Im { store, done };
+    let mut seqs = Seqs::default();
+    let g = im.create("alice", "team", &["bob", "carol"]).unwrap();
+    seqs.check(&g.event.unwrap().deliveries);
+    let before = count(&dir, "inbox");
+    // Group sends from every member, interleaved with dms, many per batch.
+    let members = ["alice", "bob", "carol"];
+    let mut rng = Lcg(5);
+    let total = 300;
+    for tag in 0..total {
+        let from = members[rng.next(3)];
+        if tag % 3 == 0 {
+            submit(
+                &im.store,
+                send_job(tag, from, "dave", &format!("d{tag}"), "x"),
+            );
+        } else {
+            submit(
+                &im.store,
+                group_send_job(tag, from, 1, &format!("g{tag}"), "x"),
+            );
+        }
+    }
+    let mut group_msgs = 0;
+    let mut mids = Vec::new();
+    for _ in 0..total {
+        let (tag, sent) = recv_sent(&im.done);
+        seqs.check(&sent.deliveries);
+        if tag % 3 != 0 {
+            group_msgs += 1;
+            let from = sent.deliveries[0].0.clone();
+            assert_eq!(sent.from, from, "the sender's entry comes first");
+            assert_eq!(sent.deliveries[0].1, sent.sender_seq);
+            let mut got = names(&sent.deliveries);
+            got.sort_unstable();
+            assert_eq!(got, members, "every member once");
+            assert_eq!(sent.conv, "group:1");
+            mids.push(sent.mid);
+        }
+    }
+    drop(im);
+    let stored = query_i64(
+        &dir,
+        "SELECT count(*) FROM messages WHERE conv = 'group:1' AND kind = 'text'",
+    );
+    assert_eq!(stored, group_msgs, "one messages row per group send");
+    let dms = total as i64 - group_msgs;
+    assert_eq!(count(&dir, "inbox") - before, group_msgs * 3 + dms * 2);
+    let (_s, _d, initial) = open_ok(&cfg);
+    for (user, next) in seqs.0 {
+        assert_eq!(
+            initial.heads[&user], next,
+            "{user}'s head survives a reopen"
+        );
+    }
+}
+
+#[test]
+fn a_group_send_from_a_non_member_or_to_no_group_is_refused_and_stores_nothing() {
+    let dir = TempDir::new("group-send-refused");
+    let im = Im::open(&dir);
+    im.create("alice", "team", &["bob"]).unwrap();
+    im.send("dave", "alice", "hello");
+    let messages = count(&dir, "messages");
+    assert_eq!(
+        im.group_send("dave", 1, "x"),
+        Err(StoreError::Forbidden("not a member of this group"))
+    );
+    assert_eq!(
+        im.group_send("nobody", 1, "x"),
+        Err(StoreError::Forbidden("not a member of this group"))
+    );
+    for gid in [2, 0, u64::MAX] {
+        assert_eq!(
+            im.group_send("alice", gid, "x"),
+            Err(StoreError::NotFound("no such group"))
+        );
+    }
+    assert_eq!(count(&dir, "messages"), messages);
+    assert_eq!((im.head("dave"), im.head("alice")), (1, 2));
+    assert_eq!(
+        count(&dir, "users"),
+        3,
+        "the unknown sender was not created"
+    );
+}
+
+#[test]
+fn a_resent_group_cid_returns_the_original_even_a_dm_one() {
+    let dir = TempDir::new("group-dup");
+    let im = Im::open(&dir);
+    im.create("alice", "team", &["bob"]).unwrap();
+    let first = im.group_send("bob", 1, "c1").unwrap();
+    let again = im.group_send("bob", 1, "c1").unwrap();
+    assert!(again.duplicate && again.deliveries.is_empty());
+    assert_eq!(
+        (
+            again.mid,
+            again.sender_seq,
+            again.conv.as_str(),
+            again.body.as_str()
+        ),
+        (first.mid, first.sender_seq, "group:1", "body of c1")
+    );
+    let dm = im.send("bob", "carol", "c2");
+    let crossed = im.group_send("bob", 1, "c2").unwrap();
+    assert!(crossed.duplicate);
+    assert_eq!(
+        (crossed.mid, crossed.conv.as_str()),
+        (dm.mid, "dm:bob:carol")
+    );
+    assert_eq!(im.head("alice"), 2, "create event and one message");
+}
+
+#[test]
+fn only_the_owner_adds_and_adding_members_already_in_changes_nothing() {
+    let dir = TempDir::new("group-add");
+    let im = Im::open(&dir);
+    im.create("alice", "team", &["bob"]).unwrap();
+    assert_eq!(
+        im.add("bob", 1, &["carol"]),
+        Err(StoreError::Forbidden("only the owner may add members"))
+    );
+    assert_eq!(
+        im.add("zed", 1, &["carol"]),
+        Err(StoreError::Forbidden("only the owner may add members"))
+    );
+    assert_eq!(
+        im.add("alice", 9, &["carol"]),
+        Err(StoreError::NotFound("no such group"))
+    );
+    let messages = count(&dir, "messages");
+    let same = im.add("alice", 1, &["bob", "alice", "bob"]).unwrap();
+    assert_eq!(same.event, None);
+    assert_eq!(same.members, ["alice", "bob"]);
+    assert_eq!(count(&dir, "messages"), messages, "nothing stored");
+
+    let change = im
+        .add("alice", 1, &["bob", "dave", "carol", "dave"])
+        .unwrap();
+    assert_eq!(change.members, ["alice", "bob", "dave", "carol"]);
+    let event = change.event.unwrap();
+    assert_eq!(
+        event.body,
+        r#"{"op":"add","gid":"1","name":"team","owner":"alice","members":["alice","bob","dave","carol"],"users":["dave","carol"]}"#
+    );
+    assert_eq!(
+        names(&event.deliveries),
+        ["alice", "bob", "dave", "carol"],
+        "the owner first, then every member after the change"
+    );
+    // A new member receives what is sent from now on, and lists the group.
+    let sent = im.group_send("carol", 1, "hi").unwrap();
+    assert_eq!(names(&sent.deliveries), ["carol", "alice", "bob", "dave"]);
+    assert_eq!(im.convs("dave", 10)[0].conv, "group:1");
+}
+
+#[test]
+fn a_group_add_past_the_size_limit_is_refused() {
+    let dir = TempDir::new("group-add-limit");
+    let im = Im::open(&dir);
+    im.create("alice", "team", &["bob"]).unwrap();
+    let add = |members: &[&str], max_members| {
+        group_result(im.run(Job::GroupAdd {
+            tag: 0,
+            user: "alice".into(),
+            gid: 1,
+            members: strings(members),
+            ts: TS,
+            max_members,
+        }))
+    };
+    assert_eq!(
+        add(&["carol", "dave"], 3),
+        Err(StoreError::Forbidden(
+            "the group would have too many members"
+        ))
+    );
+    assert_eq!(
+        add(&["carol", "bob"], 3).unwrap().members,
+        ["alice", "bob", "carol"]
+    );
+    assert_eq!(im.members("alice", 1).unwrap().len(), 3);
+}
+
+#[test]
+fn leaving_hands_ownership_to_the_earliest_member_and_the_last_leave_ends_the_group() {
+    let dir = TempDir::new("group-leave");
+    let im = Im::open(&dir);
+    im.send("zed", "zed", "n"); // zed's uid is the smallest: first among the founders
+    im.create("alice", "team", &["zed", "bob"]).unwrap();
+    im.add("alice", 1, &["carol"]).unwrap();
+    assert_eq!(
+        im.members("bob", 1).unwrap(),
+        ["zed", "alice", "bob", "carol"]
+    );
+    assert_eq!(
+        im.leave("dave", 1),
+        Err(StoreError::Forbidden("not a member of this group"))
+    );
+    assert_eq!(
+        im.leave("alice", 7),
+        Err(StoreError::NotFound("no such group"))
+    );
+
+    // Not the owner: ownership stays.
+    let change = im.leave("zed", 1).unwrap();
+    assert_eq!(change.owner.as_deref(), Some("alice"));
+    // The owner: the earliest remaining member (bob joined before carol) takes over.
+    let change = im.leave("alice", 1).unwrap();
+    assert_eq!(change.owner.as_deref(), Some("bob"));
+    assert_eq!(change.members, ["bob", "carol"]);
+    let event = change.event.unwrap();
+    assert_eq!(
+        event.body,
+        r#"{"op":"leave","gid":"1","name":"team","owner":"bob","members":["bob","carol"],"users":["alice"]}"#
+    );
+    assert_eq!(event.from, "alice");
+    assert_eq!(names(&event.deliveries), ["alice", "bob", "carol"]);
+    assert_eq!(
+        im.add("alice", 1, &["x"]),
+        Err(StoreError::Forbidden("only the owner may add members"))
+    );
+    assert!(im.add("bob", 1, &["dave"]).unwrap().event.is_some());
+    // The new owner's hand-over order survives a restart (the cache is rebuilt from rows).
+    drop(im);
+    let im = Im::open(&dir);
+    assert_eq!(im.leave("bob", 1).unwrap().owner.as_deref(), Some("carol"));
+    assert_eq!(im.leave("carol", 1).unwrap().owner.as_deref(), Some("dave"));
+    let last = im.leave("dave", 1).unwrap();
+    assert_eq!(last.owner, None, "ended");
+    assert!(last.members.is_empty());
+    assert_eq!(names(&last.event.unwrap().deliveries), ["dave"]);
+    assert!(last_body_has_null_owner(&im, "dave"));
+    assert_eq!(
+        im.group_send("dave", 1, "x"),
+        Err(StoreError::NotFound("no such group"))
+    );
+    assert_eq!(
+        im.add("dave", 1, &["x"]),
+        Err(StoreError::NotFound("no such group"))
+    );
+    assert_eq!(
+        im.leave("dave", 1),
+        Err(StoreError::Forbidden("not a member of this group"))
+    );
+    assert_eq!(
+        im.members("dave", 1),
+        Err(StoreError::Forbidden("not a member of this group"))
+    );
+    drop(im);
+    assert_eq!(
+        query_i64(&dir, "SELECT count(*) FROM groups WHERE owner IS NULL"),
+        1
+    );
+    assert_eq!(count(&dir, "members"), 0);
+}
+
+fn last_body_has_null_owner(im: &Im, user: &str) -> bool {
+    let entry = im.page(user, 0).entries.pop().unwrap();
+    entry.body.contains(r#""owner":null"#)
+}
+
+#[test]
+fn a_leaver_gets_the_leave_entry_and_then_nothing_more_of_the_group() {
+    let dir = TempDir::new("group-leaver");
+    let im = Im::open(&dir);
+    im.create("alice", "team", &["bob"]).unwrap();
+    im.group_send("alice", 1, "before").unwrap();
+    let bob_head = im.head("bob");
+    let leave = im.leave("bob", 1).unwrap();
+    let mut page = im.page("bob", bob_head);
+    assert_eq!(page.entries.len(), 1);
+    let entry = page.entries.pop().unwrap();
+    assert_eq!(
+        (entry.kind.as_str(), entry.mid),
+        ("group", leave.event.unwrap().mid)
+    );
+    let after = im.group_send("alice", 1, "after").unwrap();
+    assert_eq!(names(&after.deliveries), ["alice"]);
+    assert_eq!(im.head("bob"), bob_head + 1, "nothing after the leave");
+    assert!(im.convs("bob", 10).is_empty(), "the group left bob's list");
+    assert_eq!(
+        im.history("bob", "group:1", None, 10),
+        Err(StoreError::Forbidden("not a member of this group"))
+    );
+    assert_eq!(
+        im.read("bob", "group:1", after.mid),
+        Err(StoreError::Forbidden("not a participant"))
+    );
+    assert_eq!(
+        im.group_send("bob", 1, "x"),
+        Err(StoreError::Forbidden("not a member of this group"))
+    );
+    // Coming back: a new join, the list has it again, unread counts only what follows.
+    im.add("alice", 1, &["bob"]).unwrap();
+    let item = im.convs("bob", 10).pop().unwrap();
+    assert_eq!((item.conv.as_str(), item.unread), ("group:1", 0));
+    assert!(item.read_mid > after.mid, "the cursor starts at the join");
+    assert_eq!(
+        im.history("bob", "group:1", None, 10).unwrap().msgs.len(),
+        5
+    );
+}
+
+#[test]
+fn a_server_made_cid_a_client_took_falls_back_to_a_reserved_one() {
+    let dir = TempDir::new("reserved-cid");
+    let im = Im::open(&dir);
+    let sent = im.send("alice", "bob", "c1");
+    // alice's client happens to use the very cids the server would pick next: the recall of
+    // c1 and the event that creates group 1 (its mid is the one after the recall's).
+    im.send("alice", "alice", &format!("recall:{}", sent.mid));
+    let next = sent.mid + 3; // after the two sends here
+    im.send("alice", "alice", &format!("group:1:{}", next + 1));
+    let recall = im.recall("alice", sent.mid, TS + 1).unwrap();
+    assert_eq!(recall.mid, next);
+    let want = format!("recall:{}~", sent.mid);
+    assert!(
+        recall.cid.starts_with(&want) && recall.cid.len() == 65,
+        "{}",
+        recall.cid
+    );
+    let again = im.recall("alice", sent.mid, TS + 1).unwrap();
+    assert!(again.duplicate);
+    assert_eq!(
+        (again.mid, again.cid.as_str()),
+        (recall.mid, recall.cid.as_str())
+    );
+    let group = im.create("alice", "team", &["bob"]).unwrap().event.unwrap();
+    assert_eq!(group.mid, next + 1);
+    assert!(group.cid.starts_with(&format!("group:1:{}~", next + 1)));
+    assert_eq!(group.cid.len(), 65);
+    // The client's own messages are untouched.
+    let client = im.send("alice", "alice", &format!("recall:{}", sent.mid));
+    assert!(client.duplicate && client.kind == "text");
+}
+
+#[test]
+fn a_recall_erases_the_body_and_reaches_both_sides_of_a_dm() {
+    let dir = TempDir::new("recall");
+    let im = Im::open(&dir);
+    let secret = "the launch code is 0000";
+    submit(&im.store, send_job(0, "alice", "bob", "c1", secret));
+    let (_, sent) = recv_sent(&im.done);
+    im.send("bob", "alice", "reply");
+    let recall = im.recall("alice", sent.mid, sent.ts + WINDOW).unwrap();
+    assert_eq!(
+        recall,
+        Sent {
+            mid: recall.mid,
+            conv: "dm:alice:bob".into(),
+            ts: sent.ts + WINDOW,
+            sender_seq: 3,
+            duplicate: false,
+            deliveries: vec![("alice".into(), 3), ("bob".into(), 3)],
+            from: "alice".into(),
+            cid: format!("recall:{}", sent.mid),
+            body: String::new(),
+            kind: "recall".into(),
+        }
+    );
+    let (body, recalled): (String, bool) = side(&dir)
+        .query_row(
+            "SELECT body, recalled FROM messages WHERE mid = ?1",
+            [sent.mid as i64],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((body.as_str(), recalled), ("", true));
+    for user in ["alice", "bob"] {
+        let page = im.page(user, 0);
+        let original = &page.entries[0];
+        assert_eq!((original.mid, original.recalled), (sent.mid, true));
+        assert_eq!(original.body, "");
+        let notice = &page.entries[2];
+        assert_eq!(notice.kind, "recall");
+        assert_eq!(notice.ref_mid, Some(sent.mid));
+        assert!(!notice.recalled);
+        assert!(!page.entries[1].recalled);
+    }
+    let history = im.history("bob", "dm:alice:bob", None, 10).unwrap();
+    assert_eq!(
+        mids(&history),
+        [sent.mid, sent.mid + 1],
+        "no recall notice in history"
+    );
+    assert!(history.msgs[0].recalled && history.msgs[0].body.is_empty());
+    assert!(!history.msgs[1].recalled);
+
+    // The second recall answers with the first notice, even once the window has passed.
+    let again = im.recall("alice", sent.mid, sent.ts + 10 * WINDOW).unwrap();
+    assert!(again.duplicate && again.deliveries.is_empty());
+    assert_eq!(
+        (again.mid, again.sender_seq, again.ts, again.cid.as_str()),
+        (recall.mid, 3, recall.ts, recall.cid.as_str())
+    );
+    assert_eq!(im.head("bob"), 3);
+
+    // A note to self has one participant.
+    let note = im.send("carol", "carol", "n");
+    let recall = im.recall("carol", note.mid, note.ts).unwrap();
+    assert_eq!(recall.deliveries, [("carol".to_string(), 2)]);
+
+    // Nothing of the body is left in the database file once the WAL is gone.
+    drop(im);
+    let file = checkpointed_file(&dir);
+    assert!(!file.windows(secret.len()).any(|w| w == secret.as_bytes()));
+}
+
+/// The database file once every WAL frame is copied back and the WAL emptied (what a
+/// clean close normally does, unless two connections close at once and each leaves it to
+/// the other).
+fn checkpointed_file(dir: &TempDir) -> Vec<u8> {
+    let busy: i64 = side(dir)
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(busy, 0);
+    let wal = dir.path().join(format!("{DB_FILE}-wal"));
+    assert!(std::fs::metadata(wal).map_or(0, |m| m.len()) == 0);
+    std::fs::read(dir.path().join(DB_FILE)).unwrap()
+}
+
+#[test]
+fn a_long_recalled_body_is_overwritten_in_its_overflow_pages_too() {
+    let dir = TempDir::new("recall-long");
+    let im = Im::open(&dir);
+    let body = "confidential-".repeat(2000); // 26 KB: several overflow pages
+    submit(&im.store, send_job(0, "alice", "bob", "big", &body));
+    let (_, sent) = recv_sent(&im.done);
+    im.recall("alice", sent.mid, sent.ts).unwrap();
+    drop(im);
+    let file = checkpointed_file(&dir);
+    assert!(!file.windows(13).any(|w| w == b"confidential-"));
+}
+
+#[test]
+fn a_recall_is_refused_to_others_after_the_window_and_of_notices() {
+    let dir = TempDir::new("recall-refused");
+    let im = Im::open(&dir);
+    let sent = im.send("alice", "bob", "c1");
+    assert_eq!(
+        im.recall("bob", sent.mid, sent.ts),
+        Err(StoreError::Forbidden("only the sender may recall"))
+    );
+    assert_eq!(
+        im.recall("stranger", sent.mid, sent.ts),
+        Err(StoreError::Forbidden("only the sender may recall"))
+    );
+    assert_eq!(
+        im.recall("alice", sent.mid, sent.ts + WINDOW + 1),
+        Err(StoreError::Forbidden("the recall window has passed"))
+    );
+    for mid in [sent.mid + 100, 0, u64::MAX] {
+        assert_eq!(
+            im.recall("alice", mid, sent.ts),
+            Err(StoreError::NotFound("no such message"))
+        );
+    }
+    let group = im.create("alice", "team", &["bob"]).unwrap().event.unwrap();
+    assert_eq!(
+        im.recall("alice", group.mid, TS),
+        Err(StoreError::Forbidden(
+            "a recall or group notice cannot be recalled"
+        ))
+    );
+    // A clock that went backwards is within the window.
+    let recall = im.recall("alice", sent.mid, sent.ts - 5).unwrap();
+    assert_eq!(
+        im.recall("alice", recall.mid, sent.ts),
+        Err(StoreError::Forbidden(
+            "a recall or group notice cannot be recalled"
+        ))
+    );
+    drop(im);
+    assert_eq!(
+        query_i64(&dir, "SELECT count(*) FROM messages WHERE kind = 'recall'"),
+        1
+    );
+}
+
+#[test]
+fn a_group_recall_reaches_the_current_members_and_needs_membership() {
+    let dir = TempDir::new("recall-group");
+    let im = Im::open(&dir);
+    im.create("alice", "team", &["bob", "carol"]).unwrap();
+    let one = im.group_send("bob", 1, "one").unwrap();
+    let two = im.group_send("bob", 1, "two").unwrap();
+    im.leave("carol", 1).unwrap();
+    let recall = im.recall("bob", one.mid, TS).unwrap();
+    assert_eq!(recall.conv, "group:1");
+    assert_eq!(names(&recall.deliveries), ["bob", "alice"]);
+    im.leave("bob", 1).unwrap();
+    assert_eq!(
+        im.recall("bob", two.mid, TS),
+        Err(StoreError::Forbidden("not a member of this group"))
+    );
+    // The recall already made still answers as a duplicate.
+    assert!(im.recall("bob", one.mid, TS).unwrap().duplicate);
+}
+
+#[test]
+fn a_read_cursor_moves_forward_only_and_names_the_peer() {
+    let dir = TempDir::new("read");
+    let im = Im::open(&dir);
+    let a = im.send("alice", "bob", "a");
+    let b = im.send("bob", "alice", "b");
+    let moved = im.read("bob", "dm:alice:bob", b.mid).unwrap();
+    assert_eq!(
+        moved,
+        ReadMoved {
+            conv: "dm:alice:bob".into(),
+            mid: b.mid,
+            moved: true,
+            peer: Some("alice".into()),
+        }
+    );
+    let back = im.read("bob", "dm:alice:bob", a.mid).unwrap();
+    assert_eq!((back.mid, back.moved), (b.mid, false), "never backwards");
+    let same = im.read("bob", "dm:alice:bob", b.mid).unwrap();
+    assert!(!same.moved);
+    assert_eq!(
+        im.read("alice", "dm:alice:bob", a.mid)
+            .unwrap()
+            .peer
+            .as_deref(),
+        Some("bob")
+    );
+    let note = im.send("carol", "carol", "n");
+    assert_eq!(
+        im.read("carol", "dm:carol:carol", note.mid).unwrap().peer,
+        None
+    );
+    im.create("alice", "team", &["bob"]).unwrap();
+    let g = im.group_send("alice", 1, "g").unwrap();
+    let group = im.read("bob", "group:1", g.mid).unwrap();
+    assert_eq!((group.moved, group.peer), (true, None));
+
+    assert_eq!(
+        im.read("carol", "dm:alice:bob", a.mid),
+        Err(StoreError::Forbidden("not a participant"))
+    );
+    assert_eq!(
+        im.read("carol", "group:1", g.mid),
+        Err(StoreError::Forbidden("not a participant"))
+    );
+    assert_eq!(
+        im.read("bob", "group:2", 1),
+        Err(StoreError::NotFound("no such group"))
+    );
+    for mid in [note.mid, g.mid, 999, u64::MAX] {
+        assert_eq!(
+            im.read("bob", "dm:alice:bob", mid),
+            Err(StoreError::NotFound("no such message in this conversation"))
+        );
+    }
+    for conv in [
+        "dm:bob:alice",
+        "dm:alice",
+        "dm:alice:bob:x",
+        "dm::bob",
+        "dm:al ice:bob",
+        "group:01",
+        "group:+1",
+        "group:",
+        "group:x",
+        "chan:1",
+        "",
+    ] {
+        assert_eq!(
+            im.read("bob", conv, a.mid),
+            Err(StoreError::Invalid("malformed conversation id")),
+            "{conv}"
+        );
+    }
+    drop(im);
+    let cursor = query_i64(
+        &dir,
+        "SELECT read_mid FROM convs JOIN users USING (uid) WHERE name = 'bob' AND conv = 'dm:alice:bob'",
+    );
+    assert_eq!(cursor, b.mid as i64);
+}
+
+#[test]
+fn convs_lists_newest_first_with_exact_unread_counts_and_the_peers_cursor() {
+    let dir = TempDir::new("convs");
+    let im = Im::open(&dir);
+    let first = im.send("alice", "bob", "1");
+    im.send("bob", "alice", "2");
+    let three = im.send("alice", "bob", "3");
+    let four = im.send("alice", "bob", "4");
+    im.send("alice", "bob", "5");
+    im.send("carol", "bob", "6");
+    im.create("dave", "team", &["bob"]).unwrap();
+    let g = im.group_send("dave", 1, "7").unwrap();
+    im.send("bob", "bob", "8");
+
+    let list = im.convs("bob", 10);
+    let order: Vec<&str> = list.iter().map(|c| c.conv.as_str()).collect();
+    assert_eq!(
+        order,
+        ["dm:bob:bob", "group:1", "dm:bob:carol", "dm:alice:bob"]
+    );
+    let unread: Vec<u64> = list.iter().map(|c| c.unread).collect();
+    assert_eq!(
+        unread,
+        [0, 1, 1, 4],
+        "own messages and the group event do not count"
+    );
+    assert_eq!(list[1].name.as_deref(), Some("team"));
+    assert_eq!(list[1].last.as_ref().unwrap().mid, g.mid);
+    assert_eq!(list[1].peer_read_mid, None);
+    assert_eq!(list[0].peer_read_mid, None, "a note to self has no peer");
+    assert_eq!(list[3].peer_read_mid, Some(0));
+    assert_eq!(list[3].name, None);
+
+    // Reading and recalling lower the count; a recall notice is never the last message.
+    im.read("bob", "dm:alice:bob", three.mid).unwrap();
+    im.recall("alice", four.mid, four.ts).unwrap();
+    im.read("alice", "dm:alice:bob", first.mid + 1).unwrap();
+    let list = im.convs("bob", 10);
+    let dm = list.iter().find(|c| c.conv == "dm:alice:bob").unwrap();
+    assert_eq!((dm.unread, dm.read_mid), (1, three.mid));
+    let last = dm.last.as_ref().unwrap();
+    assert_eq!((last.cid.as_str(), last.from.as_str()), ("5", "alice"));
+    assert_eq!(dm.peer_read_mid, Some(first.mid + 1));
+    // The recall is a message of the dm: still the list's order is by last real message.
+    assert_eq!(list[0].conv, "dm:bob:bob");
+
+    // A recalled last message stays the last, shown recalled.
+    let five = dm.last.as_ref().unwrap().mid;
+    im.recall("alice", five, TS).unwrap();
+    let dm = im
+        .convs("alice", 10)
+        .into_iter()
+        .find(|c| c.conv == "dm:alice:bob")
+        .unwrap();
+    let last = dm.last.unwrap();
+    assert_eq!(
+        (last.mid, last.recalled, last.body.as_str()),
+        (five, true, "")
+    );
+
+    // limit keeps the newest; a conversation without messages comes last.
+    let trimmed = im.convs("bob", 2);
+    assert_eq!(
+        trimmed.iter().map(|c| c.conv.as_str()).collect::<Vec<_>>(),
+        ["dm:bob:bob", "group:1"]
+    );
+    assert!(im.convs("bob", 0).is_empty());
+    assert!(im.convs("nobody", 10).is_empty());
+    side(&dir)
+        .execute(
+            "INSERT INTO convs(uid, conv) SELECT uid, 'dm:bob:zed' FROM users WHERE name = 'bob'",
+            [],
+        )
+        .unwrap();
+    let list = im.convs("bob", 10);
+    assert_eq!(list.last().unwrap().conv, "dm:bob:zed");
+    assert_eq!(list.last().unwrap().last, None);
+}
+
+#[test]
+fn a_dm_is_listed_for_both_sides_from_its_first_message_once() {
+    let dir = TempDir::new("convs-rows");
+    let im = Im::open(&dir);
+    for i in 0..20 {
+        im.send("alice", "bob", &format!("a{i}"));
+        im.send("bob", "alice", &format!("b{i}"));
+    }
+    im.send("carol", "carol", "n");
+    assert_eq!(im.convs("alice", 10).len(), 1);
+    assert_eq!(im.convs("bob", 10)[0].conv, "dm:alice:bob");
+    assert_eq!(im.convs("carol", 10)[0].conv, "dm:carol:carol");
+    assert_eq!(count(&dir, "convs"), 3);
+    // A running conversation costs no statement: rows removed behind the writer's back are
+    // not put back, since it remembers the pair...
+    side(&dir).execute("DELETE FROM convs", []).unwrap();
+    im.send("bob", "alice", "known");
+    assert_eq!(count(&dir, "convs"), 0);
+    // ...until a restart, after which the first message of each pair writes them again
+    // (and never twice).
+    drop(im);
+    let im = Im::open(&dir);
+    im.send("bob", "alice", "again");
+    im.send("alice", "bob", "and again");
+    drop(im);
+    assert_eq!(count(&dir, "convs"), 2);
+}
+
+#[test]
+fn history_pages_back_from_before_with_more_and_only_for_participants() {
+    let dir = TempDir::new("history");
+    let im = Im::open(&dir);
+    let mut all = Vec::new();
+    for i in 0..7 {
+        let (from, to) = if i % 2 == 0 {
+            ("alice", "bob")
+        } else {
+            ("bob", "alice")
+        };
+        all.push(im.send(from, to, &format!("c{i}")).mid);
+        im.send("alice", "carol", &format!("other{i}")); // another conversation between
+    }
+    let conv = "dm:alice:bob";
+    let newest = im.history("bob", conv, None, 3).unwrap();
+    assert_eq!(mids(&newest), all[4..]);
+    assert!(newest.more);
+    assert_eq!(newest.conv, conv);
+    let m = &newest.msgs[0];
+    assert_eq!(
+        (
+            m.from.as_str(),
+            m.cid.as_str(),
+            m.body.as_str(),
+            m.kind.as_str()
+        ),
+        ("alice", "c4", "body of c4", "text")
+    );
+    let older = im.history("bob", conv, Some(all[4]), 3).unwrap();
+    assert_eq!((mids(&older), older.more), (all[1..4].to_vec(), true));
+    let oldest = im.history("bob", conv, Some(all[1]), 3).unwrap();
+    assert_eq!((mids(&oldest), oldest.more), (vec![all[0]], false));
+    let exact = im.history("bob", conv, Some(all[3]), 3).unwrap();
+    assert_eq!(
+        (mids(&exact), exact.more),
+        (all[..3].to_vec(), false),
+        "exactly the rest"
+    );
+    let none = im.history("bob", conv, Some(all[0]), 3).unwrap();
+    assert_eq!((none.msgs.len(), none.more), (0, false));
+    let zero = im.history("bob", conv, None, 0).unwrap();
+    assert_eq!((zero.msgs.len(), zero.more), (0, true));
+    let all_of_it = im.history("alice", conv, Some(u64::MAX), 100).unwrap();
+    assert_eq!((mids(&all_of_it), all_of_it.more), (all.clone(), false));
+    assert!(im
+        .history("alice", "dm:alice:nobody", None, 10)
+        .unwrap()
+        .msgs
+        .is_empty());
+
+    assert_eq!(
+        im.history("carol", conv, None, 10),
+        Err(StoreError::Forbidden("not a participant"))
+    );
+    assert_eq!(
+        im.history("bob", "dm:bob:alice", None, 10),
+        Err(StoreError::Invalid("malformed conversation id"))
+    );
+    assert_eq!(
+        im.history("bob", "group:3", None, 10),
+        Err(StoreError::NotFound("no such group"))
+    );
+    im.create("alice", "team", &["bob"]).unwrap();
+    let g = im.group_send("bob", 1, "g").unwrap();
+    let group = im.history("alice", "group:1", None, 10).unwrap();
+    assert_eq!(group.msgs.len(), 2);
+    assert_eq!(
+        (group.msgs[0].kind.as_str(), group.msgs[1].mid),
+        ("group", g.mid)
+    );
+    assert_eq!(
+        im.history("carol", "group:1", None, 10),
+        Err(StoreError::Forbidden("not a member of this group"))
+    );
+}
+
+#[test]
+fn members_are_listed_in_join_order_for_members_only() {
+    let dir = TempDir::new("members");
+    let im = Im::open(&dir);
+    im.create("carol", "team", &["alice"]).unwrap();
+    im.add("carol", 1, &["bob"]).unwrap();
+    assert_eq!(im.members("bob", 1).unwrap(), ["carol", "alice", "bob"]);
+    assert_eq!(
+        im.members("dave", 1),
+        Err(StoreError::Forbidden("not a member of this group"))
+    );
+    for gid in [2, 0, u64::MAX] {
+        assert_eq!(
+            im.members("bob", gid),
+            Err(StoreError::NotFound("no such group"))
+        );
+    }
+}
+
+#[test]
+fn a_version_1_database_is_migrated_with_its_data_intact() {
+    let dir = TempDir::new("migrate-v1");
+    std::fs::create_dir_all(dir.path()).unwrap();
+    {
+        let conn = side(&dir);
+        conn.execute_batch(schema::MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute_batch(
+            "INSERT INTO users(uid, name, head) VALUES (1, 'alice', 2), (2, 'bob', 2), (3, 'carol', 1);
+             INSERT INTO messages(mid, conv, sender, cid, kind, body, ts, sender_seq)
+                 VALUES (1, 'dm:alice:bob', 1, 'c1', 'text', 'hi bob', 1700000000000, 1),
+                        (2, 'dm:alice:bob', 2, 'c2', 'text', 'hi alice', 1700000000001, 2),
+                        (3, 'dm:carol:carol', 3, 'n1', 'text', 'note', 1700000000002, 1);
+             INSERT INTO inbox(uid, seq, mid) VALUES (1, 1, 1), (2, 1, 1), (2, 2, 2), (1, 2, 2), (3, 1, 3);",
+        )
+        .unwrap();
+    }
+    let (store, done, initial) = open_ok(&config(&dir));
+    let im = Im { store, done };
+    assert_eq!(user_version(&dir), schema::MIGRATIONS.len() as i64);
+    assert_eq!(
+        (
+            initial.heads["alice"],
+            initial.heads["bob"],
+            initial.heads["carol"]
+        ),
+        (2, 2, 1)
+    );
+    let page = im.page("bob", 0);
+    assert_eq!(seqs(&page), [1, 2]);
+    assert_eq!(
+        (page.entries[0].body.as_str(), page.entries[0].recalled),
+        ("hi bob", false)
+    );
+    let list = im.convs("alice", 10);
+    assert_eq!(list.len(), 1);
+    assert_eq!((list[0].conv.as_str(), list[0].unread), ("dm:alice:bob", 1));
+    assert_eq!(im.convs("carol", 10)[0].conv, "dm:carol:carol");
+    assert_eq!(
+        mids(&im.history("bob", "dm:alice:bob", None, 10).unwrap()),
+        [1, 2]
+    );
+    // Old messages can be read, recalled and resent like new ones.
+    assert!(im.read("bob", "dm:alice:bob", 1).unwrap().moved);
+    assert!(im.send("alice", "bob", "c1").duplicate);
+    let recall = im.recall("alice", 1, 1_700_000_000_000).unwrap();
+    assert_eq!(recall.mid, 4);
+    assert_eq!(recall.deliveries, [("alice".into(), 3), ("bob".into(), 3)]);
+    let next = im.send("carol", "alice", "c3");
+    assert_eq!(next.deliveries, [("carol".into(), 2), ("alice".into(), 4)]);
+    drop(im);
+    assert_eq!(count(&dir, "convs"), 5);
+}
+
+#[test]
+fn a_failed_batch_with_group_jobs_is_rolled_back_and_leaves_memory_consistent() {
+    let dir = TempDir::new("rollback-groups");
+    let (store, done, gate) = open_held(&config(&dir));
+    submit(&store, create_job("olga", "team", &["mia"], 100));
+    gate.send(()).unwrap();
+    group_result(recv(&done)).unwrap();
+    // A trigger stands in for a fault only one job meets: the owner's leave, which has
+    // already removed her from the members and handed ownership over when it fails.
+    side(&dir)
+        .execute_batch(
+            r#"CREATE TRIGGER boom BEFORE INSERT ON messages
+               WHEN NEW.kind = 'group' AND NEW.body LIKE '%"op":"leave"%'
+               BEGIN SELECT RAISE(ABORT, 'boom'); END;"#,
+        )
+        .unwrap();
+    submit(&store, send_job(1, "pat", "quin", "first", "x")); // a new dm pair
+    submit(&store, group_send_job(2, "mia", 1, "g1", "x"));
+    submit(&store, create_job("olga", "two", &["ned"], 100)); // a new group, a new user
+    let add = Job::GroupAdd {
+        tag: 4,
+        user: "olga".into(),
+        gid: 1,
+        members: strings(&["ravi"]),
+        ts: TS,
+        max_members: 100,
+    };
+    submit(&store, add.clone());
+    submit(
+        &store,
+        Job::GroupLeave {
+            tag: 5,
+            user: "olga".into(),
+            gid: 1,
+            ts: TS,
+        },
+    );
+    submit(&store, group_send_job(6, "ravi", 1, "g2", "x"));
+    gate.send(()).unwrap();
+
+    let mut seqs = Seqs::default();
+    seqs.0.insert("olga".into(), 1);
+    seqs.0.insert("mia".into(), 1);
+    let (_, dm) = recv_sent(&done);
+    seqs.check(&dm.deliveries);
+    let (_, g1) = recv_sent(&done);
+    seqs.check(&g1.deliveries);
+    let two = group_result(recv(&done)).unwrap();
+    assert_eq!(two.gid, 2);
+    seqs.check(&two.event.unwrap().deliveries);
+    let added = group_result(recv(&done)).unwrap();
+    let event = added.event.expect("ravi is new again after the rollback");
+    seqs.check(&event.deliveries);
+    match recv(&done) {
+        Completion::Group {
+            tag: 5,
+            result: Err(StoreError::Sqlite { message, .. }),
+        } => assert!(message.contains("boom"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    let (_, g2) = recv_sent(&done);
+    assert_eq!(
+        names(&g2.deliveries),
+        ["ravi", "olga", "mia"],
+        "olga is still in"
+    );
+    seqs.check(&g2.deliveries);
+    assert_eq!(
+        store.stats().rollbacks,
+        2,
+        "the batch, then the leave alone"
+    );
+
+    side(&dir).execute_batch("DROP TRIGGER boom").unwrap();
+    drop(gate);
+    let im = Im { store, done };
+    assert_eq!(im.members("mia", 1).unwrap(), ["olga", "mia", "ravi"]);
+    // olga is still the owner: her add works, mia's does not.
+    assert!(im.add("mia", 1, &["sam"]).is_err());
+    let change = im.add("olga", 1, &["sam"]).unwrap();
+    seqs.check(&change.event.unwrap().deliveries);
+    let left = im.leave("olga", 1).unwrap();
+    assert_eq!(left.owner.as_deref(), Some("mia"));
+    seqs.check(&left.event.unwrap().deliveries);
+    for user in ["pat", "quin"] {
+        assert_eq!(im.convs(user, 10)[0].conv, "dm:pat:quin", "{user}");
+    }
+    drop(im);
+    let (_s, _d, initial) = open_ok(&config(&dir));
+    for (user, head) in &seqs.0 {
+        assert_eq!(initial.heads[user], *head, "{user}");
+    }
+    assert_eq!(count(&dir, "convs"), 2 + 2 + 2 + 1 + 1 - 1);
 }

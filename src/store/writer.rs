@@ -8,14 +8,16 @@
 //! the fsync under `synchronous=FULL`) is shared by more messages exactly when it matters;
 //! at low load a batch is one job and nothing waits for a batch to fill.
 //!
-//! Failures. A job whose input cannot be stored (say a `ts` past `i64::MAX`) is rejected
-//! before it writes anything and answered with [`StoreError::Invalid`]; its batch goes on.
+//! Failures. A job whose input cannot be stored (say a `ts` past `i64::MAX`), or that the
+//! user may not do (not a member, not the sender), is refused before it writes anything and
+//! answered with [`StoreError::Invalid`], `Forbidden` or `NotFound`; its batch goes on.
 //! Any SQLite error mid-batch rolls the whole transaction back, restores the in-memory
-//! heads, and then runs the jobs of that batch again one transaction each, so one poison
-//! job fails alone while the others still commit, in the same order; an error that is not
-//! about a job (disk full, I/O) then fails each of them too. Retrying is safe because
-//! nothing of the failed transaction survives, and cheap because the happy path never pays
-//! for it.
+//! heads (and forgets the new users, cached groups and known conversation rows of the
+//! transaction, see [`Memory`]), and then runs the jobs of that batch again one
+//! transaction each, so one poison job fails alone while the others still commit, in the
+//! same order; an error that is not about a job (disk full, I/O) then fails each of them
+//! too. Retrying is safe because nothing of the failed transaction survives, and cheap
+//! because the happy path never pays for it.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -24,11 +26,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 
 use super::checkpoint;
+use super::conv::{self, KnownDms};
 use super::error::{sql, StoreError};
-use super::schema::{get_u64, UserRow};
+use super::events;
+use super::groups::{self, Groups};
+use super::recall;
+use super::schema::UserRow;
 use super::stats::Counters;
 use super::{complete, dm_conv, Completion, Job, Notify, Outcome};
 
@@ -53,12 +59,52 @@ pub(crate) struct Writer {
     pub gate: Option<Receiver<()>>,
 }
 
+/// What the writer remembers besides [`Users`], each a cache of rows it wrote itself, so
+/// that losing any of it costs only a query. All of it lives on the writer thread: it is
+/// made in [`Writer::run`] rather than passed in at open.
+#[derive(Default)]
+pub(crate) struct Memory {
+    pub groups: Groups,
+    pub dms: KnownDms,
+}
+
+impl Memory {
+    fn commit(&mut self) {
+        self.groups.commit();
+        self.dms.commit();
+    }
+
+    fn rollback(&mut self) {
+        self.groups.rollback();
+        self.dms.rollback();
+    }
+}
+
 /// Why a job did not produce an outcome.
-enum Fail {
+pub(crate) enum Fail {
     /// Refused before writing anything: answer the job, keep the batch.
     Rejected(StoreError),
     /// SQLite failed: the transaction is in an unknown state and must be rolled back.
     Sql(rusqlite::Error),
+}
+
+impl Fail {
+    pub(super) fn invalid(why: &'static str) -> Fail {
+        Fail::Rejected(StoreError::Invalid(why))
+    }
+
+    pub(super) fn forbidden(why: &'static str) -> Fail {
+        Fail::Rejected(StoreError::Forbidden(why))
+    }
+
+    pub(super) fn not_found(what: &'static str) -> Fail {
+        Fail::Rejected(StoreError::NotFound(what))
+    }
+}
+
+/// `ts` as SQLite stores it, refused (before any write) past `i64::MAX`.
+pub(super) fn stored_ts(ts: u64) -> Result<i64, Fail> {
+    i64::try_from(ts).map_err(|_| Fail::invalid("ts out of range"))
 }
 
 impl From<rusqlite::Error> for Fail {
@@ -69,6 +115,7 @@ impl From<rusqlite::Error> for Fail {
 
 impl Writer {
     pub(crate) fn run(mut self) {
+        let mut memory = Memory::default();
         let mut batch: Vec<Job> = Vec::new();
         let mut outcomes: Vec<Result<Outcome, StoreError>> = Vec::new();
         // `recv` fails only once every sender is gone and the queue is empty: the store is
@@ -86,7 +133,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.run_batch(&batch, &mut outcomes);
+            self.run_batch(&mut memory, &batch, &mut outcomes);
             for (job, outcome) in batch.drain(..).zip(outcomes.drain(..)) {
                 // Only fails when every receiver is gone; the commit stands either way.
                 let _ = self.done.send(complete(job, outcome));
@@ -97,12 +144,17 @@ impl Writer {
     }
 
     /// Fills `out` with one outcome per job, all committed (or failed) when it returns.
-    fn run_batch(&mut self, batch: &[Job], out: &mut Vec<Result<Outcome, StoreError>>) {
+    fn run_batch(
+        &mut self,
+        memory: &mut Memory,
+        batch: &[Job],
+        out: &mut Vec<Result<Outcome, StoreError>>,
+    ) {
         let started = Instant::now();
-        match self.transaction(batch, out) {
-            Ok(()) => self.committed(batch.len(), &out[..], started),
+        match self.transaction(memory, batch, out) {
+            Ok(()) => self.committed(memory, batch.len(), &out[..], started),
             Err(e) => {
-                self.abort();
+                self.abort(memory);
                 if batch.len() == 1 {
                     out.push(Err(sql(e)));
                     self.counters.failed(1);
@@ -111,10 +163,10 @@ impl Writer {
                 for job in batch {
                     let started = Instant::now();
                     let base = out.len();
-                    match self.transaction(std::slice::from_ref(job), out) {
-                        Ok(()) => self.committed(1, &out[base..], started),
+                    match self.transaction(memory, std::slice::from_ref(job), out) {
+                        Ok(()) => self.committed(memory, 1, &out[base..], started),
                         Err(e) => {
-                            self.abort();
+                            self.abort(memory);
                             out.push(Err(sql(e)));
                             self.counters.failed(1);
                         }
@@ -128,6 +180,7 @@ impl Writer {
     /// and the transaction may still be open: the caller calls [`abort`](Self::abort).
     fn transaction(
         &mut self,
+        memory: &mut Memory,
         jobs: &[Job],
         out: &mut Vec<Result<Outcome, StoreError>>,
     ) -> rusqlite::Result<()> {
@@ -137,7 +190,7 @@ impl Writer {
             // a lock upgrade.
             self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
             for job in jobs {
-                match apply(&self.conn, &mut self.users, job) {
+                match apply(&self.conn, &mut self.users, memory, job) {
                     Ok(outcome) => out.push(Ok(outcome)),
                     Err(Fail::Rejected(e)) => out.push(Err(e)),
                     Err(Fail::Sql(e)) => return Err(e),
@@ -155,11 +208,13 @@ impl Writer {
 
     fn committed(
         &mut self,
+        memory: &mut Memory,
         jobs: usize,
         outcomes: &[Result<Outcome, StoreError>],
         started: Instant,
     ) {
         self.users.commit();
+        memory.commit();
         // Capacity 1: a nudge already waiting covers this commit too.
         let _ = self.checkpoint.try_send(());
         let ok = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
@@ -167,21 +222,31 @@ impl Writer {
         self.counters.committed(jobs, ok, failed, started.elapsed());
     }
 
-    /// Rolls the open transaction back, if SQLite has not already, and forgets the heads
-    /// it had assigned.
-    fn abort(&mut self) {
+    /// Rolls the open transaction back, if SQLite has not already, and forgets what it had
+    /// put in memory: heads, new users, group state, known conversation rows.
+    fn abort(&mut self, memory: &mut Memory) {
         if !self.conn.is_autocommit() {
             // A failing ROLLBACK leaves nothing better to do: SQLite rolls back on its own
             // when it cannot continue a transaction, and the next BEGIN reports the rest.
             let _ = self.conn.execute_batch("ROLLBACK");
         }
         self.users.rollback();
+        memory.rollback();
         self.counters.rolled_back();
     }
 }
 
 /// One job inside the open transaction.
-fn apply(conn: &Connection, users: &mut Users, job: &Job) -> Result<Outcome, Fail> {
+///
+/// Every job checks everything it can before its first write and refuses with
+/// [`Fail::Rejected`], which needs no rollback; a job must not return `Rejected` after it
+/// has written anything, since the rest of its batch would commit that write.
+fn apply(
+    conn: &Connection,
+    users: &mut Users,
+    memory: &mut Memory,
+    job: &Job,
+) -> Result<Outcome, Fail> {
     match job {
         Job::Send {
             sender,
@@ -191,15 +256,93 @@ fn apply(conn: &Connection, users: &mut Users, job: &Job) -> Result<Outcome, Fai
             kind,
             ts,
             ..
-        } => send(conn, users, sender, cid, to, body, kind, *ts),
-        Job::GroupSend { .. }
-        | Job::Recall { .. }
-        | Job::MarkRead { .. }
-        | Job::GroupCreate { .. }
-        | Job::GroupAdd { .. }
-        | Job::GroupLeave { .. } => Err(Fail::Rejected(StoreError::Internal(
-            "not built yet".into(),
-        ))),
+        } => send(
+            conn,
+            users,
+            &mut memory.dms,
+            sender,
+            cid,
+            to,
+            body,
+            kind,
+            *ts,
+        ),
+        Job::GroupSend {
+            sender,
+            cid,
+            gid,
+            body,
+            kind,
+            ts,
+            ..
+        } => groups::send(
+            conn,
+            users,
+            &mut memory.groups,
+            groups::Message {
+                sender,
+                cid,
+                gid: *gid,
+                body,
+                kind,
+                ts: *ts,
+            },
+        ),
+        Job::Recall {
+            user,
+            mid,
+            now,
+            window_ms,
+            ..
+        } => recall::recall(
+            conn,
+            users,
+            &mut memory.groups,
+            user,
+            *mid,
+            *now,
+            *window_ms,
+        ),
+        Job::MarkRead {
+            user, conv, mid, ..
+        } => conv::mark_read(conn, users, &mut memory.groups, user, conv, *mid),
+        Job::GroupCreate {
+            owner,
+            name,
+            members,
+            ts,
+            max_members,
+            ..
+        } => groups::create(
+            conn,
+            users,
+            &mut memory.groups,
+            owner,
+            name,
+            members,
+            *ts,
+            *max_members,
+        ),
+        Job::GroupAdd {
+            user,
+            gid,
+            members,
+            ts,
+            max_members,
+            ..
+        } => groups::add(
+            conn,
+            users,
+            &mut memory.groups,
+            user,
+            *gid,
+            members,
+            *ts,
+            *max_members,
+        ),
+        Job::GroupLeave { user, gid, ts, .. } => {
+            groups::leave(conn, users, &mut memory.groups, user, *gid, *ts)
+        }
         Job::Page { .. } | Job::Convs { .. } | Job::History { .. } | Job::Members { .. } => Err(
             Fail::Rejected(StoreError::Internal("read job routed to the writer".into())),
         ),
@@ -211,6 +354,7 @@ fn apply(conn: &Connection, users: &mut Users, job: &Job) -> Result<Outcome, Fai
 fn send(
     conn: &Connection,
     users: &mut Users,
+    dms: &mut KnownDms,
     sender: &str,
     cid: &str,
     to: &str,
@@ -219,14 +363,60 @@ fn send(
     ts: u64,
 ) -> Result<Outcome, Fail> {
     // Validate before the first write, so a refusal needs no rollback.
-    let ts =
-        i64::try_from(ts).map_err(|_| Fail::Rejected(StoreError::Invalid("ts out of range")))?;
+    let ts = stored_ts(ts)?;
     if sender.is_empty() || to.is_empty() {
-        return Err(Fail::Rejected(StoreError::Invalid("empty user id")));
+        return Err(Fail::invalid("empty user id"));
     }
     let s = users.get_or_create(conn, sender)?;
     let sender_seq = users.head(s) + 1;
     let conv = dm_conv(sender, to);
+    let Some(mid) = insert_message(conn, &conv, users.uid(s), cid, kind, body, ts, sender_seq)?
+    else {
+        return duplicate(conn, users.uid(s), cid).map(|d| Outcome::Duplicate {
+            mid: d.mid,
+            conv: d.conv,
+            ts: d.ts,
+            sender_seq: d.sender_seq,
+            kind: d.kind,
+            body: d.body,
+        });
+    };
+    let mut inbox = conn.prepare_cached("INSERT INTO inbox(uid, seq, mid) VALUES (?1, ?2, ?3)")?;
+    users.bump(s);
+    inbox.execute(params![users.uid(s), sender_seq as i64, mid])?;
+    let (r, recipient_seq) = if to == sender {
+        // A note to self: the sender's entry is the delivery.
+        (s, None)
+    } else {
+        let r = users.get_or_create(conn, to)?;
+        let seq = users.bump(r);
+        inbox.execute(params![users.uid(r), seq as i64, mid])?;
+        (r, Some(seq))
+    };
+    // Both sides list the conversation from their first message on; the writer remembers
+    // pairs it has seen, so a running conversation costs no statement here.
+    dms.ensure(conn, users, s, r, &conv)?;
+    Ok(Outcome::Sent {
+        mid: mid as u64,
+        conv,
+        sender_seq,
+        recipient_seq,
+    })
+}
+
+/// Inserts a client's message; `None` when its `(sender, cid)` is already stored.
+// Each argument is a column; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn insert_message(
+    conn: &Connection,
+    conv: &str,
+    sender_uid: i64,
+    cid: &str,
+    kind: &str,
+    body: &str,
+    ts: i64,
+    sender_seq: u64,
+) -> rusqlite::Result<Option<i64>> {
     // The UNIQUE(sender, cid) index answers "seen before?" as part of the insert itself,
     // so a new message (the common case) costs no lookup of its own.
     let inserted = conn
@@ -237,54 +427,25 @@ fn send(
         )?
         .execute(params![
             conv,
-            users.uid(s),
+            sender_uid,
             cid,
             kind,
             body,
             ts,
             sender_seq as i64
         ])?;
-    if inserted == 0 {
-        // A resend: answer with the original, whatever this copy says.
-        let original = conn
-            .prepare_cached(
-                "SELECT mid, conv, ts, sender_seq, kind, body FROM messages
-                 WHERE sender = ?1 AND cid = ?2",
-            )?
-            .query_row(params![users.uid(s), cid], |row| {
-                Ok(Outcome::Duplicate {
-                    mid: get_u64(row, 0)?,
-                    conv: row.get(1)?,
-                    ts: get_u64(row, 2)?,
-                    sender_seq: get_u64(row, 3)?,
-                    kind: row.get(4)?,
-                    body: row.get(5)?,
-                })
-            })
-            .optional()?;
-        return original.ok_or_else(|| {
-            Fail::Rejected(StoreError::Internal("conflicting message not found".into()))
-        });
-    }
-    let mid = conn.last_insert_rowid();
-    let mut inbox = conn.prepare_cached("INSERT INTO inbox(uid, seq, mid) VALUES (?1, ?2, ?3)")?;
-    users.bump(s);
-    inbox.execute(params![users.uid(s), sender_seq as i64, mid])?;
-    let recipient_seq = if to == sender {
-        // A note to self: the sender's entry is the delivery.
-        None
-    } else {
-        let r = users.get_or_create(conn, to)?;
-        let seq = users.bump(r);
-        inbox.execute(params![users.uid(r), seq as i64, mid])?;
-        Some(seq)
-    };
-    Ok(Outcome::Sent {
-        mid: mid as u64,
-        conv,
-        sender_seq,
-        recipient_seq,
-    })
+    Ok((inserted == 1).then(|| conn.last_insert_rowid()))
+}
+
+/// The original of a resent cid: every field of the answer is the original's, whatever
+/// the resend says.
+pub(super) fn duplicate(
+    conn: &Connection,
+    sender_uid: i64,
+    cid: &str,
+) -> Result<events::Stored, Fail> {
+    events::by_cid(conn, sender_uid, cid)?
+        .ok_or_else(|| Fail::Rejected(StoreError::Internal("conflicting message not found".into())))
 }
 
 /// Every user's uid and inbox head, authoritative because the writer is the only writer
@@ -295,12 +456,12 @@ fn send(
 /// Each user carries the head of the last commit beside the working one, so a rollback
 /// restores exactly the users the batch touched, without reloading anything.
 pub(crate) struct Users {
-    by_name: HashMap<Box<str>, u32>,
+    by_name: HashMap<Arc<str>, u32>,
     users: Vec<User>,
     /// Indexes of the users whose head moved in the open transaction, each once.
     touched: Vec<u32>,
-    /// Names added in the open transaction: `users[committed_len..]`.
-    created: Vec<Box<str>>,
+    /// Users before this index are committed; those from it on were added in the open
+    /// transaction.
     committed_len: usize,
     next_uid: i64,
     committed_next_uid: i64,
@@ -310,6 +471,8 @@ struct User {
     uid: i64,
     head: u64,
     committed: u64,
+    /// Shared with the `by_name` key: group events and deliveries name users by index.
+    name: Arc<str>,
 }
 
 impl Users {
@@ -319,11 +482,13 @@ impl Users {
         let mut next_uid = 1;
         for row in rows {
             next_uid = next_uid.max(row.uid + 1);
-            by_name.insert(row.name.into_boxed_str(), users.len() as u32);
+            let name: Arc<str> = row.name.into();
+            by_name.insert(name.clone(), users.len() as u32);
             users.push(User {
                 uid: row.uid,
                 head: row.head,
                 committed: row.head,
+                name,
             });
         }
         Users {
@@ -331,7 +496,6 @@ impl Users {
             committed_len: users.len(),
             users,
             touched: Vec::new(),
-            created: Vec::new(),
             next_uid,
             committed_next_uid: next_uid,
         }
@@ -340,7 +504,7 @@ impl Users {
     /// The user's index, inserting a row for a user never seen before. The row starts at
     /// head 0 and gets its real head from [`flush`](Self::flush) with the others; uids are
     /// handed out here rather than by SQLite so the insert needs no read-back.
-    fn get_or_create(&mut self, conn: &Connection, name: &str) -> rusqlite::Result<u32> {
+    pub(super) fn get_or_create(&mut self, conn: &Connection, name: &str) -> rusqlite::Result<u32> {
         if let Some(&i) = self.by_name.get(name) {
             return Ok(i);
         }
@@ -349,27 +513,37 @@ impl Users {
             .execute(params![uid, name])?;
         self.next_uid += 1;
         let i = self.users.len() as u32;
+        let name: Arc<str> = name.into();
         self.users.push(User {
             uid,
             head: 0,
             committed: 0,
+            name: name.clone(),
         });
-        let name: Box<str> = name.into();
-        self.created.push(name.clone());
         self.by_name.insert(name, i);
         Ok(i)
     }
 
-    fn uid(&self, i: u32) -> i64 {
+    /// The user's index, if the user exists; writes nothing, so it serves checks made
+    /// before a job's first write.
+    pub(super) fn find(&self, name: &str) -> Option<u32> {
+        self.by_name.get(name).copied()
+    }
+
+    pub(super) fn name(&self, i: u32) -> &str {
+        &self.users[i as usize].name
+    }
+
+    pub(super) fn uid(&self, i: u32) -> i64 {
         self.users[i as usize].uid
     }
 
-    fn head(&self, i: u32) -> u64 {
+    pub(super) fn head(&self, i: u32) -> u64 {
         self.users[i as usize].head
     }
 
     /// Assigns the user's next seq.
-    fn bump(&mut self, i: u32) -> u64 {
+    pub(super) fn bump(&mut self, i: u32) -> u64 {
         let user = &mut self.users[i as usize];
         if user.head == user.committed {
             self.touched.push(i);
@@ -393,7 +567,6 @@ impl Users {
             user.committed = user.head;
         }
         self.touched.clear();
-        self.created.clear();
         self.committed_len = self.users.len();
         self.committed_next_uid = self.next_uid;
     }
@@ -405,10 +578,9 @@ impl Users {
             }
         }
         self.touched.clear();
-        for name in self.created.drain(..) {
-            self.by_name.remove(&name);
+        for user in self.users.drain(self.committed_len..) {
+            self.by_name.remove(&user.name);
         }
-        self.users.truncate(self.committed_len);
         self.next_uid = self.committed_next_uid;
     }
 }
