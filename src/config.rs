@@ -142,7 +142,7 @@ pub const SERVE_FLAGS: &[Flag] = &[
     Flag {
         name: "dev-login",
         default: "off",
-        help: "on: random per-run secret and GET /dev/token?user=NAME (local tries only)",
+        help: "on: a random secret kept in the data folder and GET /dev/token?user=NAME (local tries only)",
     },
     Flag {
         name: "echo",

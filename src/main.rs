@@ -1,9 +1,11 @@
 //! Command line → configuration → run. Nothing else lives here.
 
 use std::io::Write;
+use std::path::Path;
 use std::process::ExitCode;
 
 use courier::config::{self, NetConfig, Parsed, Values, NET_FLAGS, SERVE_FLAGS, TOKEN_FLAGS};
+
 use courier::im::hub::HubConfig;
 use courier::serve::{ServeConfig, Server};
 use courier::store::{StoreConfig, Synchronous};
@@ -134,11 +136,11 @@ fn serve(args: &[String]) -> Result<(), String> {
         }
         ("", true) => {
             eprintln!(
-                "courier: DEV LOGIN IS ON: tokens are signed with a random secret made for this \
-                 run and anyone who can reach GET /dev/token can sign in as anyone. For local \
-                 tries only."
+                "courier: DEV LOGIN IS ON: tokens are signed with a random secret kept in the \
+                 data folder and anyone who can reach GET /dev/token can sign in as anyone. \
+                 For local tries only."
             );
-            random_secret()?
+            dev_secret(Path::new(values.raw("data")))?
         }
         (secret, _) => secret.as_bytes().to_vec(),
     };
@@ -235,6 +237,30 @@ fn token(args: &[String]) -> Result<(), String> {
 }
 
 /// 32 bytes from the kernel's generator, for the dev-login secret.
+/// The dev-login secret: random, made once and kept in the data folder (readable by its
+/// owner only), so the tokens a browser saved stay valid when the server restarts, as they
+/// would with a configured secret.
+fn dev_secret(data: &Path) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data.join("dev-login.secret");
+    match std::fs::read(&path) {
+        Ok(secret) if secret.len() >= 32 => return Ok(secret),
+        Ok(_) => return Err(format!("{} is too short; delete it", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("reading {}: {e}", path.display())),
+    }
+    std::fs::create_dir_all(data).map_err(|e| format!("creating {}: {e}", data.display()))?;
+    let secret = random_secret()?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(&secret))
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    Ok(secret)
+}
+
 fn random_secret() -> Result<Vec<u8>, String> {
     use std::io::Read;
     let mut secret = vec![0u8; 32];

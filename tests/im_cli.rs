@@ -86,11 +86,22 @@ fn bad_flag_values_refuse_to_start() {
 #[test]
 fn dev_login_serves_tokens_only_when_on() {
     let dir = DataDir::new("devlogin");
-    let server = Server::spawn(&dir.path, &["--dev-login", "on"], &[]).owning(dir);
+    let server = Server::spawn(&dir.path, &["--dev-login", "on"], &[]);
     let (status, body) = http_get(server.addr, "/dev/token?user=alice");
     assert_eq!(status, 200, "{body}");
     let token: Value = serde_json::from_str(&body).expect("JSON body");
     let token = token["token"].as_str().expect("token");
+    Client::open(server.addr, &format!("/ws?token={token}"), &[]).welcomed("alice");
+    // The secret is kept in the data folder (owner-only), so a page's saved token still
+    // signs in after a restart.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path.join("dev-login.secret"))
+        .expect("the dev secret is kept")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    drop(server);
+    let server = Server::spawn(&dir.path, &["--dev-login", "on"], &[]).owning(dir);
     Client::open(server.addr, &format!("/ws?token={token}"), &[]).welcomed("alice");
     // A token signed with anything else is still refused (the secret is random).
     let (status, _, _) = raw_upgrade(

@@ -173,6 +173,11 @@ function socketUrl() {
 function onState(ev) {
   const was = ui.conn.dataset.state;
   if (ev.state === 'online') s.everOnline = true;
+  // Presence is only known while connected: the watch snapshot refills it on reconnect.
+  if (ev.state !== 'online' && s.presence.size > 0) {
+    s.presence.clear();
+    renderConvList();
+  }
   renderConn(ev);
   // Said once per change, not once per failed attempt.
   if (ev.state === 'online') announce('Connected');
@@ -196,8 +201,15 @@ async function refreshConvs() {
   // A dm opened here that has no message yet is not on the server's list.
   for (const [conv, c] of s.convs) if (!fresh.has(conv) && !c.last) fresh.set(conv, c);
   s.convs = fresh;
+  // A receipt that arrived while this page was away is state on the server, not an event.
+  for (const item of items) {
+    if (item.peer_read_mid) {
+      s.peerRead.set(item.conv, Math.max(s.peerRead.get(item.conv) ?? 0, item.peer_read_mid));
+    }
+  }
   markRead();
   renderConvList();
+  if (s.open) renderMessages();
   watchPeers();
 }
 
@@ -623,7 +635,7 @@ function meta(from, ts) {
 }
 
 const STATUS = {
-  pending: ['🕓', 'Sending'],
+  pending: ['○', 'Sending'],
   sent: ['✓', 'Sent'],
   read: ['✓✓', 'Read'],
   failed: ['!', 'Not sent'],

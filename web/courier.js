@@ -388,6 +388,13 @@ export class CourierClient {
   }
 
   onWelcome(f) {
+    // A server behind this cursor (its database restored from a backup) numbers from its
+    // own head: entries pushed before the sync answers must not be dropped as old.
+    if (f.inbox_seq < this.cursor) {
+      this.cursor = f.inbox_seq;
+      this.held.clear();
+      this.saveCursor();
+    }
     this.welcomed = true;
     this.attempt = 0;
     this.heartbeatMs = f.heartbeat_ms > 0 ? f.heartbeat_ms : this.opts.heartbeatMs;
