@@ -315,7 +315,11 @@ impl Service for Server {
                 let client = self
                     .trusted_proxies
                     .client(peer, request.header("x-forwarded-for"));
-                let held = self.per_address.get(&client).copied().unwrap_or(0);
+                let held = self
+                    .per_address
+                    .get(&address_key(client))
+                    .copied()
+                    .unwrap_or(0);
                 if self.max_per_address > 0 && held >= self.max_per_address {
                     crate::log_warn!("refused {client}: already {held} connections");
                     handshake::write_response(
@@ -353,7 +357,7 @@ impl Service for Server {
         self.metrics.connections_open.inc();
         if let Some((user, client)) = self.admitted.remove(&conn) {
             self.address_of.insert(conn, client);
-            *self.per_address.entry(client).or_default() += 1;
+            *self.per_address.entry(address_key(client)).or_default() += 1;
             crate::log_debug!("{user} connected from {client}");
             let now = Self::now(out);
             self.hub
@@ -388,10 +392,11 @@ impl Service for Server {
         if !self.echoing.remove(&conn) {
             self.admitted.remove(&conn);
             if let Some(client) = self.address_of.remove(&conn) {
-                if let Some(held) = self.per_address.get_mut(&client) {
+                let key = address_key(client);
+                if let Some(held) = self.per_address.get_mut(&key) {
                     *held -= 1;
                     if *held == 0 {
-                        self.per_address.remove(&client);
+                        self.per_address.remove(&key);
                     }
                 }
                 // The closes a server operator acts on are logged at info; the everyday
@@ -466,6 +471,18 @@ impl Drop for Server {
     }
 }
 
+/// What `--max-per-address` counts: an IPv4 address (also when it comes IPv4-mapped), or
+/// an IPv6 /64, the block one subscriber is usually given and can rotate through freely.
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !0u128 << 64).into()),
+        },
+    }
+}
+
 /// A store failure worth a log line: not a refusal the client caused (forbidden, not
 /// found, invalid), which the client hears about in its `error`.
 fn failure(completion: &Completion) -> Option<&crate::store::StoreError> {
@@ -484,5 +501,19 @@ fn failure(completion: &Completion) -> Option<&crate::store::StoreError> {
     match error {
         StoreError::Forbidden(_) | StoreError::NotFound(_) | StoreError::Invalid(_) => None,
         other => Some(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_is_counted_by_its_v4_or_its_v6_64() {
+        let key = |s: &str| address_key(s.parse().unwrap());
+        assert_eq!(key("192.0.2.7"), key("::ffff:192.0.2.7"));
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:bbbb::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("2001:db8:1:2:ffff::1"), key("2001:db8:1:2::"));
     }
 }

@@ -39,7 +39,9 @@ const ASSETS: &[Asset] = &[
     },
 ];
 
-const CSP: &str = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; \
+/// `'self'` covers the page's own `ws:`/`wss:` origin (CSP level 3), so sockets to any
+/// other host are refused.
+const CSP: &str = "default-src 'self'; connect-src 'self'; img-src 'self' data:; \
                    base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// Answers `request` if it names one of the embedded files; false otherwise.
@@ -48,10 +50,32 @@ pub fn serve(request: &Request<'_>, out: &mut Vec<u8>) -> bool {
         "/index.html" => "/",
         path => path,
     };
-    let Some(asset) = ASSETS.iter().find(|a| a.path == path) else {
+    let Some((index, asset)) = ASSETS.iter().enumerate().find(|(_, a)| a.path == path) else {
         return false;
     };
-    let etag = etag(asset.body);
+    let head_only = match request.method() {
+        "GET" => false,
+        "HEAD" => true,
+        _ => {
+            let allow = [("Allow", "GET, HEAD")];
+            let body = b"GET or HEAD only\n";
+            let ty = "text/plain; charset=utf-8";
+            handshake::write_response(out, 405, "Method Not Allowed", ty, &allow, body);
+            return true;
+        }
+    };
+    let etag = &etags()[index];
+    let cached = request
+        .header("if-none-match")
+        .is_some_and(|tags| matches_etag(tags, etag));
+    if cached {
+        // No body, and no Content-Length or type that would describe an empty one: the
+        // browser keeps the entity it has (RFC 9110 §15.4.5).
+        out.extend_from_slice(b"HTTP/1.1 304 Not Modified\r\nETag: ");
+        out.extend_from_slice(etag.as_bytes());
+        out.extend_from_slice(b"\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n");
+        return true;
+    }
     let mut headers = vec![
         ("Cache-Control", "no-cache"),
         ("ETag", etag.as_str()),
@@ -61,15 +85,18 @@ pub fn serve(request: &Request<'_>, out: &mut Vec<u8>) -> bool {
         headers.push(("Content-Security-Policy", CSP));
         headers.push(("Referrer-Policy", "no-referrer"));
     }
-    let cached = request
-        .header("if-none-match")
-        .is_some_and(|tags| matches_etag(tags, &etag));
-    if cached {
-        handshake::write_response(out, 304, "Not Modified", asset.content_type, &headers, b"");
-    } else {
-        handshake::write_response(out, 200, "OK", asset.content_type, &headers, asset.body);
+    handshake::write_response(out, 200, "OK", asset.content_type, &headers, asset.body);
+    if head_only {
+        // The head of the GET, Content-Length included, without the body.
+        out.truncate(out.len() - asset.body.len());
     }
     true
+}
+
+/// One ETag per asset, computed on first use.
+fn etags() -> &'static [String] {
+    static ETAGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    ETAGS.get_or_init(|| ASSETS.iter().map(|a| etag(a.body)).collect())
 }
 
 /// A strong validator: FNV-1a over the bytes, which only ever change with the binary.
@@ -96,7 +123,11 @@ mod tests {
     use super::*;
 
     fn get(target: &str, extra: &str) -> Vec<u8> {
-        let raw = format!("GET {target} HTTP/1.1\r\nHost: x\r\n{extra}\r\n");
+        call("GET", target, extra)
+    }
+
+    fn call(method: &str, target: &str, extra: &str) -> Vec<u8> {
+        let raw = format!("{method} {target} HTTP/1.1\r\nHost: x\r\n{extra}\r\n");
         let (request, _) = handshake::parse_request(raw.as_bytes()).unwrap().unwrap();
         let mut out = Vec::new();
         assert!(serve(&request, &mut out), "{target} is served");
@@ -143,8 +174,22 @@ mod tests {
         let again = text(&get("/", &format!("If-None-Match: \"other\", {etag}\r\n")));
         assert!(again.starts_with("HTTP/1.1 304"), "{again}");
         assert!(again.ends_with("\r\n\r\n"), "no body: {again}");
+        assert!(again.contains(&format!("ETag: {etag}")), "{again}");
+        assert!(!again.contains("Content-Length"), "{again}");
         let stale = text(&get("/", "If-None-Match: \"0000\"\r\n"));
         assert!(stale.starts_with("HTTP/1.1 200"));
+    }
+
+    #[test]
+    fn head_gets_the_head_and_other_methods_405() {
+        let full = get("/app.css", "");
+        let head = call("HEAD", "/app.css", "");
+        assert!(full.starts_with(&head), "the same head");
+        assert!(text(&head).ends_with("\r\n\r\n"), "and no body");
+        assert!(text(&head).contains(&format!("Content-Length: {}", ASSETS[3].body.len())));
+        let post = text(&call("POST", "/", ""));
+        assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+        assert!(post.contains("Allow: GET, HEAD"));
     }
 
     #[test]

@@ -477,7 +477,7 @@ fn a_recall_after_the_window_is_refused() {
 
 #[test]
 fn presence_follows_the_first_and_last_connection() {
-    let server = Server::start(&["--idle-timeout", "600ms"]);
+    let server = Server::start(&["--idle-timeout", "1500ms"]);
     let mut ann = server.connect("ann");
     ann.send(json!({"type": "watch", "users": ["bob", "cat"], "rid": "w"}));
     for user in ["bob", "cat"] {
@@ -493,12 +493,13 @@ fn presence_follows_the_first_and_last_connection() {
     let p = ann.expect("presence");
     assert_eq!((&p["user"], &p["online"]), (&json!("bob"), &json!(true)));
     let mut bob2 = server.connect("bob");
+    let bob2_quiet_since = std::time::Instant::now();
     ann.assert_alive();
     drop(bob1);
-    // Bob is still online on his second device.
-    ann.send(json!({"type": "ping"}));
-    assert_eq!(ann.expect("pong")["type"], "pong");
-    // His last connection goes quiet and the server closes it as idle.
+    // Bob is still online on his second device: closing the first says nothing.
+    ann.expect_silence(QUIET);
+    // His last connection goes quiet and the server closes it as idle; only that close
+    // makes him offline (an offline from the first close would come much sooner).
     let started = std::time::Instant::now();
     loop {
         ann.send(json!({"type": "ping"}));
@@ -507,6 +508,10 @@ fn presence_follows_the_first_and_last_connection() {
             assert_eq!(
                 (&value["user"], &value["online"]),
                 (&json!("bob"), &json!(false))
+            );
+            assert!(
+                bob2_quiet_since.elapsed() >= Duration::from_millis(1400),
+                "offline only once the last connection idled out"
             );
             break;
         }
@@ -524,13 +529,9 @@ fn typing_is_relayed_to_live_connections_and_never_stored() {
     let server = Server::start(&[]);
     let mut ann = server.connect("ann");
     let mut bob = server.connect("bob");
+    // (The throttle, at most one per 250 ms, is the hub's unit test: timing on a loaded
+    // machine makes it flaky here.)
     ok(&mut ann, json!({"type": "typing", "to": "user:bob"}));
-    // Again at once: too fast, refused and not relayed.
-    refused(
-        &mut ann,
-        json!({"type": "typing", "to": "user:bob"}),
-        "rate_limited",
-    );
     let typing = bob.expect("typing");
     assert_eq!(
         (&typing["conv"], &typing["from"]),

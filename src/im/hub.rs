@@ -14,7 +14,7 @@
 //! store that starts where it stopped, so entries reach every connection in seq order
 //! with none skipped and no queue in memory grows with the backlog.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 
 use serde_json::value::RawValue;
@@ -194,15 +194,17 @@ struct Session {
     reading: bool,
     /// A `sync` that waits for this connection's reads and sends in flight to finish.
     queued_sync: Option<Read>,
-    /// A client `sync` is queued or in flight: writes that arrive meanwhile wait in `held`,
-    /// so requests are answered in the order they came (a send before a sync gets its
-    /// `sent` before the `synced`, a send after it after).
+    /// A client `sync` is queued or in flight.
     syncing: bool,
-    held: VecDeque<(Request, Option<Rid>)>,
+    /// Requests for the store that may not start yet, in arrival order, so each is answered
+    /// after everything before it: a write waits for a sync before it (the sync's replay
+    /// must come first), a read (`convs`, `history`) for every write and read before it
+    /// (it must see them). See [`Session::may_start`].
+    waiting: VecDeque<(Request, Option<Rid>)>,
     /// Writes (send, read, recall, group changes) submitted and not yet answered.
     writes_in_flight: u32,
-    /// `convs` and `history` wait for the writes before them, so they see those writes.
-    deferred: VecDeque<(Request, Option<Rid>)>,
+    /// `convs` and `history` submitted and not yet answered.
+    queries_in_flight: u32,
     /// The users whose presence this connection watches.
     watching: Vec<Rc<str>>,
     last_typing: Option<u64>,
@@ -226,9 +228,11 @@ enum Pending {
         conn: ConnKey,
         read: Read,
     },
-    /// A write other than `send`: `read`, `recall`, a group change.
+    /// A write other than `send`: `read`, `recall`, a group change. `user` is kept for
+    /// what follows the commit, which must happen even if `conn` has closed meanwhile.
     Write {
         conn: ConnKey,
+        user: Rc<str>,
         rid: Option<Rid>,
         write: Write,
     },
@@ -273,7 +277,7 @@ pub struct Hub {
     /// `ack` requests handled (for `/metrics`).
     acks: u64,
     /// Who watches each user's presence.
-    watchers: HashMap<Rc<str>, Vec<ConnKey>>,
+    watchers: HashMap<Rc<str>, HashSet<ConnKey>>,
 }
 
 impl Session {
@@ -292,9 +296,9 @@ impl Session {
             reading: false,
             queued_sync: None,
             syncing: false,
-            held: VecDeque::new(),
+            waiting: VecDeque::new(),
             writes_in_flight: 0,
-            deferred: VecDeque::new(),
+            queries_in_flight: 0,
             watching: Vec::new(),
             last_typing: None,
             repush_wanted: false,
@@ -307,6 +311,20 @@ impl Session {
 
     fn in_window(&self) -> u64 {
         self.delivered - self.acked
+    }
+
+    /// Whether a request for the store may go now without overtaking one before it.
+    /// Writes are answered in the order they reach the one writer, so they may overlap;
+    /// reads run on any reader thread, so a read goes alone.
+    fn may_start(&self, request: &Request) -> bool {
+        match request {
+            Request::Sync { .. } => self.queries_in_flight == 0,
+            Request::Convs { .. } | Request::History { .. } => {
+                !self.syncing && self.writes_in_flight == 0 && self.queries_in_flight == 0
+            }
+            other if other.writes() => !self.syncing && self.queries_in_flight == 0,
+            _ => true,
+        }
     }
 
     /// When the connection next needs the timer: an ack deadline or a read to retry.
@@ -427,10 +445,7 @@ impl Hub {
     pub fn shutdown(&mut self, out: &mut Vec<Action>) {
         self.stopping = true;
         for (&conn, session) in self.sessions.iter_mut() {
-            let waiting = std::mem::take(&mut session.held)
-                .into_iter()
-                .chain(std::mem::take(&mut session.deferred));
-            for (request, rid) in waiting {
+            for (request, rid) in std::mem::take(&mut session.waiting) {
                 let cid = match &request {
                     Request::Send(send) => Some(send.cid.as_str()),
                     _ => None,
@@ -523,7 +538,7 @@ impl Hub {
                 Some((name, _)) => name.clone(),
                 None => Rc::from(user),
             };
-            self.watchers.entry(name.clone()).or_default().push(conn);
+            self.watchers.entry(name.clone()).or_default().insert(conn);
             let online = self.online(&name);
             reply(
                 out,
@@ -543,7 +558,7 @@ impl Hub {
     fn unwatch(&mut self, conn: ConnKey, users: &[Rc<str>]) {
         for user in users {
             if let Some(list) = self.watchers.get_mut(user) {
-                list.retain(|&c| c != conn);
+                list.remove(&conn);
                 if list.is_empty() {
                     self.watchers.remove(user);
                 }
@@ -628,11 +643,11 @@ impl Hub {
                 STOPPING,
             );
         }
-        if request.writes() && session.syncing {
-            if session.held.len() < MAX_HELD {
-                session.held.push_back((request, rid));
+        if needs_store(&request) && (!session.waiting.is_empty() || !session.may_start(&request)) {
+            if session.waiting.len() < MAX_HELD {
+                session.waiting.push_back((request, rid));
             } else {
-                let message = "too many writes waiting behind a sync: send again";
+                let message = "too many requests waiting for the ones before them: send again";
                 error(
                     out,
                     conn,
@@ -647,7 +662,23 @@ impl Hub {
         self.dispatch(conn, request, rid, now, out);
     }
 
-    /// Handles a request that is free to go (checked, and not held behind a sync).
+    /// Starts the waiting requests whose turn has come.
+    fn start_waiting(&mut self, conn: ConnKey, now: Now, out: &mut Vec<Action>) {
+        loop {
+            let Some(session) = self.sessions.get_mut(&conn) else {
+                return;
+            };
+            match session.waiting.front() {
+                Some((request, _)) if session.may_start(request) => {
+                    let (request, rid) = session.waiting.pop_front().expect("front");
+                    self.dispatch(conn, request, rid, now, out);
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Handles a request that is free to go (checked, and its turn).
     fn dispatch(
         &mut self,
         conn: ConnKey,
@@ -735,7 +766,12 @@ impl Hub {
                 };
                 self.write(conn, rid, Write::Group { answer: true }, job, out);
             }
-            Request::GroupLeave { gid } => {
+            Request::GroupLeave { gid, members } => {
+                if members.iter().any(|m| *m != user) {
+                    let message = "group_leave removes only the caller: leave `members` out";
+                    let rid = rid.as_deref();
+                    return error(out, conn, rid, None, ErrorCode::BadRequest, message);
+                }
                 let job = |tag| Job::GroupLeave {
                     tag,
                     user,
@@ -745,22 +781,7 @@ impl Hub {
                 self.write(conn, rid, Write::Group { answer: false }, job, out);
             }
             Request::Convs { .. } | Request::History { .. } => {
-                if session.writes_in_flight > 0 {
-                    if session.deferred.len() < MAX_HELD {
-                        session.deferred.push_back((request, rid));
-                    } else {
-                        let message = "too many requests waiting: ask again";
-                        error(
-                            out,
-                            conn,
-                            rid.as_deref(),
-                            None,
-                            ErrorCode::Unavailable,
-                            message,
-                        );
-                    }
-                    return;
-                }
+                session.queries_in_flight += 1;
                 let tag = self.tag();
                 let job = match request {
                     Request::Convs { limit } => Job::Convs { tag, user, limit },
@@ -827,8 +848,14 @@ impl Hub {
             return;
         };
         session.writes_in_flight += 1;
-        self.pending
-            .insert(tag, Pending::Write { conn, rid, write });
+        let user = session.user.clone();
+        let pending = Pending::Write {
+            conn,
+            user,
+            rid,
+            write,
+        };
+        self.pending.insert(tag, pending);
         out.push(Action::Store(job(tag)));
     }
 
@@ -936,6 +963,7 @@ impl Hub {
                 let message = "the server is busy: try again";
                 let rid = rid.as_deref();
                 error(out, conn, rid, None, ErrorCode::Unavailable, message);
+                self.query_done(conn, now, out);
             }
             // A typing indicator is not worth a retry.
             Some(Pending::Typing { .. }) => {}
@@ -992,7 +1020,10 @@ impl Hub {
                 self.write_done(conn, now, out);
             }
             Completion::Recalled { tag, result } => {
-                let Some(Pending::Write { conn, rid, write }) = self.pending.remove(&tag) else {
+                let Some(Pending::Write {
+                    conn, rid, write, ..
+                }) = self.pending.remove(&tag)
+                else {
                     return;
                 };
                 match (result, write) {
@@ -1006,20 +1037,26 @@ impl Hub {
                 self.write_done(conn, now, out);
             }
             Completion::Read { tag, result } => {
-                let Some(Pending::Write { conn, rid, .. }) = self.pending.remove(&tag) else {
+                let Some(Pending::Write {
+                    conn, user, rid, ..
+                }) = self.pending.remove(&tag)
+                else {
                     return;
                 };
                 match result {
                     Ok(moved) => {
                         ok(out, conn, rid.as_deref());
-                        self.read_moved(conn, &moved, out);
+                        self.read_moved(conn, &user, &moved, out);
                     }
                     Err(e) => failed(out, conn, rid.as_deref(), None, &e),
                 }
                 self.write_done(conn, now, out);
             }
             Completion::Group { tag, result } => {
-                let Some(Pending::Write { conn, rid, write }) = self.pending.remove(&tag) else {
+                let Some(Pending::Write {
+                    conn, rid, write, ..
+                }) = self.pending.remove(&tag)
+                else {
                     return;
                 };
                 match result {
@@ -1052,6 +1089,7 @@ impl Hub {
                     ),
                     Err(e) => failed(out, conn, rid.as_deref(), None, &e),
                 }
+                self.query_done(conn, now, out);
             }
             Completion::History { tag, result } => {
                 let Some(Pending::Query { conn, rid }) = self.pending.remove(&tag) else {
@@ -1068,6 +1106,7 @@ impl Hub {
                     ),
                     Err(e) => failed(out, conn, rid.as_deref(), None, &e),
                 }
+                self.query_done(conn, now, out);
             }
             Completion::Members { tag, result } => {
                 let Some(Pending::Typing { from, conv }) = self.pending.remove(&tag) else {
@@ -1089,7 +1128,7 @@ impl Hub {
     }
 
     /// One of `conn`'s writes is answered. Once none is left, a sync waiting for them may
-    /// start, and the reads that came after them go out.
+    /// start, and the reads that came after them.
     fn write_done(&mut self, conn: ConnKey, now: Now, out: &mut Vec<Action>) {
         let Some(session) = self.sessions.get_mut(&conn) else {
             return;
@@ -1098,31 +1137,34 @@ impl Hub {
         if session.writes_in_flight > 0 {
             return;
         }
-        let deferred = std::mem::take(&mut session.deferred);
-        for (request, rid) in deferred {
-            self.dispatch(conn, request, rid, now, out);
-        }
+        self.start_waiting(conn, now, out);
         self.pump(conn, out);
+    }
+
+    /// One of `conn`'s `convs` or `history` is answered.
+    fn query_done(&mut self, conn: ConnKey, now: Now, out: &mut Vec<Action>) {
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        session.queries_in_flight -= 1;
+        self.start_waiting(conn, now, out);
     }
 
     /// A read cursor moved: the user's other devices follow it, and a dm peer gets a
     /// receipt.
-    fn read_moved(&self, origin: ConnKey, moved: &ReadMoved, out: &mut Vec<Action>) {
+    fn read_moved(&self, origin: ConnKey, user: &str, moved: &ReadMoved, out: &mut Vec<Action>) {
         if !moved.moved {
             return;
         }
-        let Some(user) = self.sessions.get(&origin).map(|s| s.user.clone()) else {
-            return;
-        };
         let text = Reply::Read {
             conv: &moved.conv,
-            user: &user,
+            user,
             mid: moved.mid,
         }
         .to_json();
         let own = self
             .users
-            .get(&*user)
+            .get(user)
             .map(|u| u.conns.as_slice())
             .unwrap_or_default();
         let peer = moved
@@ -1442,8 +1484,8 @@ impl Hub {
         session.timer = self.timers.insert(due, conn).ok().map(|timer| (timer, due));
     }
 
-    /// A client sync is answered (or refused). Sends held behind it go to the store now,
-    /// unless another sync waits.
+    /// A client sync is answered (or refused): unless another sync is queued, what waited
+    /// behind it may start.
     fn sync_ended(&mut self, conn: ConnKey, now: Now, out: &mut Vec<Action>) {
         let Some(session) = self.sessions.get_mut(&conn) else {
             return;
@@ -1452,10 +1494,7 @@ impl Hub {
             return;
         }
         session.syncing = false;
-        let held = std::mem::take(&mut session.held);
-        for (request, rid) in held {
-            self.dispatch(conn, request, rid, now, out);
-        }
+        self.start_waiting(conn, now, out);
     }
 
     /// When [`Hub::on_time`] should next run.
@@ -1711,8 +1750,13 @@ fn parse_conv(conv: &str) -> Option<()> {
     (valid_user_id(a) && valid_user_id(b) && a <= b).then_some(())
 }
 
+/// A gid as the server writes it: plain decimal, no sign, no leading zero, so one group
+/// has one name (the store's conversation ids are held to the same rule).
 fn parse_gid(gid: &str) -> Option<u64> {
-    if gid.is_empty() || gid.len() > 19 || !gid.bytes().all(|b| b.is_ascii_digit()) {
+    let canonical = !gid.is_empty()
+        && gid.bytes().all(|b| b.is_ascii_digit())
+        && (gid == "0" || !gid.starts_with('0'));
+    if !canonical {
         return None;
     }
     gid.parse().ok()

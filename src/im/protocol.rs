@@ -58,8 +58,10 @@ pub enum Request {
         gid: u64,
         members: Vec<String>,
     },
+    /// `members`, when given, must name only the caller: nobody leaves for someone else.
     GroupLeave {
         gid: u64,
+        members: Vec<String>,
     },
     Recall {
         mid: u64,
@@ -229,55 +231,57 @@ pub fn parse(text: &[u8]) -> Result<(Request, Option<Rid>), BadRequest> {
         });
     };
     let fields = |e: serde_json::Error| format!("bad `{kind}` request: {e}");
-    let request =
-        match &*kind {
-            "ping" => serde_json::from_slice::<NoFields>(text).map(|_| Request::Ping),
-            "send" => serde_json::from_slice::<Send>(text).map(Request::Send),
-            "ack" => serde_json::from_slice::<AckFields>(text).map(|f| Request::Ack { seq: f.seq }),
-            "sync" => serde_json::from_slice::<SyncFields>(text).map(|f| Request::Sync {
-                after: f.after,
-                limit: f.limit.unwrap_or(MAX_SYNC_PAGE).clamp(1, MAX_SYNC_PAGE),
-            }),
-            "read" => serde_json::from_slice::<ReadFields>(text).map(|f| Request::Read {
-                conv: f.conv,
-                mid: f.mid,
-            }),
-            "convs" => serde_json::from_slice::<ConvsFields>(text).map(|f| Request::Convs {
-                limit: f.limit.unwrap_or(CONVS_PAGE).clamp(1, MAX_CONVS_PAGE),
-            }),
-            "history" => serde_json::from_slice::<HistoryFields>(text).map(|f| Request::History {
-                conv: f.conv,
-                before: f.before,
-                limit: f.limit.unwrap_or(HISTORY_PAGE).clamp(1, MAX_HISTORY_PAGE),
-            }),
-            "group_create" => {
-                serde_json::from_slice::<GroupCreateFields>(text).map(|f| Request::GroupCreate {
-                    name: f.name,
-                    members: f.members,
-                })
-            }
-            "group_add" => serde_json::from_slice::<GroupFields>(text).map(|f| Request::GroupAdd {
-                gid: f.gid,
+    let request = match &*kind {
+        "ping" => serde_json::from_slice::<NoFields>(text).map(|_| Request::Ping),
+        "send" => serde_json::from_slice::<Send>(text).map(Request::Send),
+        "ack" => serde_json::from_slice::<AckFields>(text).map(|f| Request::Ack { seq: f.seq }),
+        "sync" => serde_json::from_slice::<SyncFields>(text).map(|f| Request::Sync {
+            after: f.after,
+            limit: f.limit.unwrap_or(MAX_SYNC_PAGE).clamp(1, MAX_SYNC_PAGE),
+        }),
+        "read" => serde_json::from_slice::<ReadFields>(text).map(|f| Request::Read {
+            conv: f.conv,
+            mid: f.mid,
+        }),
+        "convs" => serde_json::from_slice::<ConvsFields>(text).map(|f| Request::Convs {
+            limit: f.limit.unwrap_or(CONVS_PAGE).clamp(1, MAX_CONVS_PAGE),
+        }),
+        "history" => serde_json::from_slice::<HistoryFields>(text).map(|f| Request::History {
+            conv: f.conv,
+            before: f.before,
+            limit: f.limit.unwrap_or(HISTORY_PAGE).clamp(1, MAX_HISTORY_PAGE),
+        }),
+        "group_create" => {
+            serde_json::from_slice::<GroupCreateFields>(text).map(|f| Request::GroupCreate {
+                name: f.name,
                 members: f.members,
-            }),
-            "group_leave" => serde_json::from_slice::<GroupFields>(text)
-                .map(|f| Request::GroupLeave { gid: f.gid }),
-            "recall" => {
-                serde_json::from_slice::<RecallFields>(text).map(|f| Request::Recall { mid: f.mid })
-            }
-            "watch" => serde_json::from_slice::<WatchFields>(text)
-                .map(|f| Request::Watch { users: f.users }),
-            "typing" => {
-                serde_json::from_slice::<TypingFields>(text).map(|f| Request::Typing { to: f.to })
-            }
-            other => {
-                return Err(BadRequest {
-                    message: format!("unknown type '{}'", other.escape_debug()),
-                    rid,
-                    cid: None,
-                })
-            }
-        };
+            })
+        }
+        "group_add" => serde_json::from_slice::<GroupFields>(text).map(|f| Request::GroupAdd {
+            gid: f.gid,
+            members: f.members,
+        }),
+        "group_leave" => serde_json::from_slice::<GroupFields>(text).map(|f| Request::GroupLeave {
+            gid: f.gid,
+            members: f.members,
+        }),
+        "recall" => {
+            serde_json::from_slice::<RecallFields>(text).map(|f| Request::Recall { mid: f.mid })
+        }
+        "watch" => {
+            serde_json::from_slice::<WatchFields>(text).map(|f| Request::Watch { users: f.users })
+        }
+        "typing" => {
+            serde_json::from_slice::<TypingFields>(text).map(|f| Request::Typing { to: f.to })
+        }
+        other => {
+            return Err(BadRequest {
+                message: format!("unknown type '{}'", other.escape_debug()),
+                rid,
+                cid: None,
+            })
+        }
+    };
     match request {
         Ok(request) => Ok((request, rid)),
         Err(e) => Err(BadRequest {

@@ -67,6 +67,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     // convs: one row per user per conversation they take part in, with their read cursor.
     // Version 1 stored dm conversations only; every user with an inbox entry of one takes
     // part in it, so the backfill reads the inbox once (a full scan, at this one upgrade).
+    // Version 1 had no read state and its clients showed no unread counts: what was
+    // delivered before the upgrade starts out read, rather than as a wall of old unread.
     "ALTER TABLE messages ADD COLUMN recalled INTEGER NOT NULL DEFAULT 0;
      CREATE INDEX messages_by_conv ON messages(conv, mid);
      CREATE TABLE groups(
@@ -87,8 +89,9 @@ pub(crate) const MIGRATIONS: &[&str] = &[
          read_mid INTEGER NOT NULL DEFAULT 0,
          PRIMARY KEY(uid, conv)
      ) WITHOUT ROWID;
-     INSERT OR IGNORE INTO convs(uid, conv)
-         SELECT i.uid, m.conv FROM inbox AS i CROSS JOIN messages AS m ON m.mid = i.mid;",
+     INSERT OR IGNORE INTO convs(uid, conv, read_mid)
+         SELECT i.uid, m.conv, max(m.mid) FROM inbox AS i CROSS JOIN messages AS m ON m.mid = i.mid
+         GROUP BY i.uid, m.conv;",
 ];
 
 /// How long a statement waits on a lock held by another connection before failing. In one

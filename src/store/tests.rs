@@ -2242,14 +2242,18 @@ fn a_version_1_database_is_migrated_with_its_data_intact() {
     );
     let list = im.convs("alice", 10);
     assert_eq!(list.len(), 1);
-    assert_eq!((list[0].conv.as_str(), list[0].unread), ("dm:alice:bob", 1));
+    assert_eq!(
+        (list[0].conv.as_str(), list[0].unread, list[0].read_mid),
+        ("dm:alice:bob", 0, 2),
+        "what was delivered before the upgrade starts out read"
+    );
     assert_eq!(im.convs("carol", 10)[0].conv, "dm:carol:carol");
     assert_eq!(
         mids(&im.history("bob", "dm:alice:bob", None, 10).unwrap()),
         [1, 2]
     );
     // Old messages can be read, recalled and resent like new ones.
-    assert!(im.read("bob", "dm:alice:bob", 1).unwrap().moved);
+    assert!(!im.read("bob", "dm:alice:bob", 1).unwrap().moved);
     assert!(im.send("alice", "bob", "c1").duplicate);
     let recall = im.recall("alice", 1, 1_700_000_000_000).unwrap();
     assert_eq!(recall.mid, 4);

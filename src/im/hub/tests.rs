@@ -2647,3 +2647,120 @@ fn requests_with_bad_fields_are_refused_before_the_store() {
         assert!(h.queue.is_empty(), "{request} reached the store");
     }
 }
+
+/// Answers the oldest pending job, which must be a `convs`, with an empty list.
+fn answer_convs(h: &mut Harness) -> Out {
+    let job = h.take();
+    let Job::Convs { tag, .. } = job else {
+        panic!("expected a convs job, got {job:?}");
+    };
+    h.deliver(Completion::Convs {
+        tag,
+        result: Ok(Vec::new()),
+    })
+}
+
+#[test]
+fn a_read_waits_for_writes_held_behind_a_sync() {
+    let mut h = Harness::new(HubConfig::default());
+    h.connect(1, "ann");
+    h.req(1, json!({"type": "sync", "after": 0}));
+    h.send(1, "bob", "b");
+    let out = h.req(1, json!({"type": "convs", "rid": "c"}));
+    assert!(
+        out.jobs().is_empty(),
+        "the convs may not pass the held send"
+    );
+    assert_eq!(h.queue.len(), 1, "only the sync's page");
+    let out = h.complete();
+    assert_eq!(out.types(1), ["synced"]);
+    assert!(
+        matches!(h.queue.front(), Some(Job::Send { .. })),
+        "the send goes next"
+    );
+    assert_eq!(h.queue.len(), 1, "and the convs waits for its answer");
+    assert_eq!(h.complete_send().types(1), ["sent"]);
+    assert_eq!(answer_convs(&mut h).types(1), ["convs"]);
+}
+
+#[test]
+fn a_write_between_two_syncs_is_answered_between_them() {
+    let mut h = Harness::seeded(HubConfig::default(), &[("ann", 2)]);
+    h.connect(1, "ann");
+    h.req(1, json!({"type": "sync", "after": 0, "rid": 1}));
+    h.send(1, "bob", "x");
+    h.req(1, json!({"type": "sync", "after": 0, "rid": 2}));
+    let mut out = h.complete();
+    out.extend(h.settle());
+    let order: Vec<String> = out
+        .frames(1)
+        .iter()
+        .filter(|f| f["type"] != "msg")
+        .map(|f| format!("{}{}", f["type"].as_str().unwrap(), f["rid"]))
+        .collect();
+    assert_eq!(order, ["synced1", "sentnull", "synced2"]);
+}
+
+#[test]
+fn a_read_waits_only_for_the_writes_before_it() {
+    let mut h = Harness::new(HubConfig::default());
+    h.connect(1, "ann");
+    h.send(1, "bob", "a");
+    h.req(1, json!({"type": "convs", "rid": "c"}));
+    h.send(1, "bob", "b");
+    assert_eq!(
+        h.queue.len(),
+        1,
+        "only a: convs waits for it, b for the convs"
+    );
+    assert_eq!(h.complete_send().types(1), ["sent"]);
+    assert_eq!(answer_convs(&mut h).types(1), ["convs"]);
+    assert!(matches!(h.queue.front(), Some(Job::Send { cid, .. }) if cid == "b"));
+}
+
+#[test]
+fn a_read_cursor_moved_after_its_connection_closed_still_reaches_the_others() {
+    let mut h = Harness::new(HubConfig::default());
+    h.connect(1, "bob");
+    h.connect(2, "bob");
+    h.connect(3, "ann");
+    h.req(1, json!({"type": "read", "conv": "dm:ann:bob", "mid": 7}));
+    h.disconnect(1);
+    let job = h.take();
+    let Job::MarkRead { tag, user, .. } = job else {
+        panic!("{job:?}");
+    };
+    assert_eq!(user, "bob");
+    let moved = crate::store::ReadMoved {
+        conv: "dm:ann:bob".into(),
+        mid: 7,
+        moved: true,
+        peer: Some("ann".into()),
+    };
+    let out = h.deliver(Completion::Read {
+        tag,
+        result: Ok(moved),
+    });
+    assert_eq!(out.one(2, "read")["user"], "bob", "bob's other device");
+    assert_eq!(out.one(3, "read")["user"], "bob", "ann's receipt");
+}
+
+#[test]
+fn group_leave_removes_only_the_caller() {
+    let mut h = Harness::new(HubConfig::default());
+    h.connect(1, "ann");
+    let out = h.req(
+        1,
+        json!({"type": "group_leave", "gid": "7", "members": ["bob"]}),
+    );
+    assert_eq!(out.one(1, "error")["code"], "bad_request");
+    assert!(h.queue.is_empty());
+    h.req(
+        1,
+        json!({"type": "group_leave", "gid": "7", "members": ["ann"]}),
+    );
+    assert!(matches!(
+        h.queue.front(),
+        Some(Job::GroupLeave { gid: 7, .. })
+    ));
+}
