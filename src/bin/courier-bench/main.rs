@@ -8,9 +8,11 @@ mod args;
 mod client;
 mod connect;
 mod echo;
+mod fanout;
 mod im;
 mod ledger;
 mod stats;
+mod svg;
 
 const USAGE: &str = "usage: courier-bench MODE [FLAGS]
 
@@ -24,7 +26,9 @@ modes:
             as possible, every push acked: durable msg/s, send -> sent and send ->
             recipient p50/p99/p99.9/max, then an exactly-once, gap-free check
             (run the server with a high --rate, e.g. courier serve --rate 100000)
-  fanout    (not built yet) group fan-out deliveries/s
+  fanout    a group of G members, all connected, S of them sending to it, every push
+            acked: deliveries/s, sends/s, send -> delivery p50/p99/p99.9/max, then the
+            same exactly-once, gap-free check (run the server with a high --rate)
 
 courier-bench MODE --help lists a mode's flags with their defaults.
 Exit status: 0 ok, 1 the run failed (cannot connect, handshake rejected, fd limit, a wrong
@@ -38,10 +42,7 @@ fn main() {
         Some("echo") => echo::main(&argv[1..]),
         Some("connect") => connect::main(&argv[1..]),
         Some("im") => im::main(&argv[1..]),
-        Some(mode @ "fanout") => {
-            eprintln!("courier-bench: mode {mode:?} is not built yet");
-            2
-        }
+        Some("fanout") => fanout::main(&argv[1..]),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             0

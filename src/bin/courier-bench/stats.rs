@@ -69,6 +69,21 @@ impl Histogram {
         self.max
     }
 
+    /// How many values were recorded.
+    pub fn count(&self) -> u64 {
+        self.total
+    }
+
+    /// The non-empty buckets in ascending order, each as (largest value it holds, never
+    /// above the exact maximum; its count): what a CDF is drawn from.
+    pub fn buckets(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|(_, &c)| c > 0)
+            .map(|(i, &c)| (upper_bound(i).min(self.max), c))
+    }
+
     /// The value at quantile `q` (0..=1): the upper bound of the bucket holding the
     /// ceil(q·n)-th smallest sample, never above the exact maximum. 0 when empty.
     pub fn quantile(&self, q: f64) -> u64 {
@@ -252,6 +267,11 @@ mod tests {
         h.merge(&g);
         assert_eq!(h.total, 10_001);
         assert_eq!(h.quantile(1.0), 20_000_000);
+        assert_eq!(h.count(), 10_001);
+        assert_eq!(h.buckets().map(|(_, c)| c).sum::<u64>(), 10_001);
+        assert_eq!(h.buckets().last(), Some((20_000_000, 1)));
+        let bounds: Vec<u64> = h.buckets().map(|(b, _)| b).collect();
+        assert!(bounds.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]
