@@ -28,24 +28,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Barrier, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use courier::ws::conn::Event as WsEvent;
-use courier::ws::frame::{close_code, OpCode};
-use mio::{Events, Poll};
+use courier::ws::frame::OpCode;
+use mio::Events;
 use serde::Deserialize;
 
 use crate::args::{self, Flag};
-use crate::client::{self, Client, Plan, SetupError, Target};
+use crate::client::{self, Client, Target};
+use crate::imclient::{self, run_id, Clock, Ending, Input, Tally};
 use crate::ledger::Stamp;
-use crate::stats::{self, Histogram, Progress};
+use crate::stats::{self, Progress};
 use crate::svg;
 
 pub const FLAGS: &[Flag] = &[
-    Flag {
-        name: "url",
-        arg: "URL",
-        default: "ws://127.0.0.1:8080/ws",
-        help: "courier's IM endpoint (ws://HOST:PORT/ws)",
-    },
+    imclient::URL,
     Flag {
         name: "jwt-secret",
         arg: "S",
@@ -83,24 +78,9 @@ pub const FLAGS: &[Flag] = &[
         default: "64",
         help: "with --rate 0: messages each sender keeps in flight (awaiting `sent`)",
     },
-    Flag {
-        name: "seconds",
-        arg: "T",
-        default: "10",
-        help: "measured duration",
-    },
-    Flag {
-        name: "warmup",
-        arg: "W",
-        default: "1",
-        help: "seconds of load before measuring (checked, not counted)",
-    },
-    Flag {
-        name: "size",
-        arg: "B",
-        default: "64",
-        help: "message body bytes (at least the stamp, 30-45 B)",
-    },
+    imclient::SECONDS,
+    imclient::WARMUP,
+    imclient::SIZE,
     Flag {
         name: "threads",
         arg: "N",
@@ -126,12 +106,7 @@ pub const FLAGS: &[Flag] = &[
         default: "none",
         help: "write the latency CDF and deliveries per second over time as an SVG chart",
     },
-    Flag {
-        name: "json",
-        arg: "",
-        default: "",
-        help: "print the result as one JSON object line instead of a table",
-    },
+    imclient::JSON,
 ];
 
 const ABOUT: &str = "\
@@ -163,9 +138,6 @@ secret: 401, group refused) or no delivery in the measured window; 2 on bad flag
 
 /// One thread's read buffer.
 const READ_BUF: usize = 256 << 10;
-/// Largest message accepted from the server: a sync page is many frames, never one big
-/// one; a `group` reply names up to 1000 members.
-const MAX_MESSAGE: usize = 4 << 20;
 /// Longest poll sleep during the load and after, and before it (phase changes are
 /// noticed sooner).
 const MAX_POLL: Duration = Duration::from_millis(100);
@@ -175,8 +147,6 @@ const NAMED_PER_REQUEST: usize = 1000;
 /// How long signing in, and then forming the group, may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the final syncs and replays may take, all members together.
-const VERIFY_TIMEOUT: Duration = Duration::from_secs(120);
-const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// How often the main thread looks at the workers' counters.
 const WATCH_STEP: Duration = Duration::from_millis(10);
 /// How often each worker runs its members' timers (a sync retry, an app ping).
@@ -424,18 +394,6 @@ impl Shared {
     }
 }
 
-/// Nanoseconds since the run's base instant, shared by every thread: a stamp written by
-/// one thread is read by another.
-#[derive(Clone, Copy)]
-struct Clock(Instant);
-
-impl Clock {
-    #[inline]
-    fn ns(&self) -> u64 {
-        self.0.elapsed().as_nanos() as u64
-    }
-}
-
 /// One second of the run as the main thread saw it.
 #[derive(Clone, Copy, Debug)]
 struct Sample {
@@ -452,10 +410,7 @@ struct Sample {
 struct Timeline {
     connect: Duration,
     group: Duration,
-    drain: Duration,
-    drained: bool,
-    verify: Duration,
-    verify_timed_out: bool,
+    end: Ending,
     samples: Vec<Sample>,
 }
 
@@ -572,57 +527,30 @@ struct Outcome {
     sends: Vec<SendRec>,
 }
 
-/// What one worker measured.
+/// What one worker measured: its counters, the counts both IM modes keep, and the
+/// group's own.
 #[derive(Default)]
 struct Totals {
     c: Counters,
-    sent_hist: Histogram,
-    deliver_hist: Histogram,
-    offered_w: u64,
-    sents_w: u64,
-    delivered_w: u64,
-    skipped_behind: u64,
-    skipped_backlog: u64,
+    tally: Tally,
     repushes: u64,
     filled: u64,
     group_entries: u64,
     foreign: u64,
-    errors_by_code: BTreeMap<String, u64>,
-    other_frames: u64,
-    unclosed: u64,
-    first_problem: Option<String>,
 }
 
 impl Totals {
-    fn problem(&mut self, what: impl FnOnce() -> String) {
-        if self.first_problem.is_none() {
-            self.first_problem = Some(what());
-        }
-    }
-
     fn merge(&mut self, o: &Totals) {
         self.c.add(&o.c);
-        self.sent_hist.merge(&o.sent_hist);
-        self.deliver_hist.merge(&o.deliver_hist);
-        self.offered_w += o.offered_w;
-        self.sents_w += o.sents_w;
-        self.delivered_w += o.delivered_w;
-        self.skipped_behind += o.skipped_behind;
-        self.skipped_backlog += o.skipped_backlog;
+        self.tally.merge(&o.tally);
         self.repushes += o.repushes;
         self.filled += o.filled;
         self.group_entries += o.group_entries;
         self.foreign += o.foreign;
-        for (code, n) in &o.errors_by_code {
-            *self.errors_by_code.entry(code.clone()).or_default() += n;
-        }
-        self.other_frames += o.other_frames;
-        self.unclosed += o.unclosed;
-        if self.first_problem.is_none() {
-            self.first_problem.clone_from(&o.first_problem);
-        }
     }
 }
+
+imclient::deref_tally!(Totals);
 
 /// The verdict over every member's outcome.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -786,24 +714,6 @@ fn check(outcomes: &[Outcome], senders: usize, name: impl Fn(u32) -> String) -> 
         c.problem(|| format!("{}'s inbox could not be verified", name(o.idx)));
     }
     c
-}
-
-/// A run id: different on every run, so member ids and stamps are fresh.
-fn run_id() -> u64 {
-    let mut seed = (courier::clock::wall_ms() << 20) ^ u64::from(std::process::id());
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    seed ^= u64::from(nanos) << 32;
-    splitmix64(&mut seed)
-}
-
-fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// Whether member `idx` replays its whole inbox at the end: the senders first (they see
@@ -1022,7 +932,6 @@ fn drive(
     shared.load_start_ns.store(clock.ns(), Ordering::Relaxed);
     shared.phase.store(LOAD, Ordering::Release);
     let load_end = t0 + opts.warmup + opts.seconds;
-    let mut verify_start = None;
     let mut next_line = t0 + Duration::from_secs(1);
     let mut last = Live::sum(&shared.live);
     let mut last_at = t0;
@@ -1031,25 +940,14 @@ fn drive(
         std::thread::sleep(WATCH_STEP);
         let now = Instant::now();
         let s = Live::sum(&shared.live);
-        match verify_start {
-            None if now >= load_end => {
-                let drained = s.pending == 0 && s.delivered >= owed(&s);
-                if drained || now >= load_end + opts.drain {
-                    timeline.drain = now - load_end;
-                    timeline.drained = drained;
-                    verify_start = Some(now);
-                    shared.phase.store(VERIFY, Ordering::Release);
-                }
-            }
-            Some(start) => {
-                let done = s.settled >= members;
-                if done || now - start >= VERIFY_TIMEOUT {
-                    timeline.verify = now - start;
-                    timeline.verify_timed_out = !done;
-                    return;
-                }
-            }
-            None => {}
+        let drained = s.pending == 0 && s.delivered >= owed(&s);
+        let settled = s.settled >= members;
+        let phase = &shared.phase;
+        if timeline
+            .end
+            .step(now, load_end, opts.drain, drained, settled, phase, VERIFY)
+        {
+            return;
         }
         if now >= next_line {
             let dt = (now - last_at).as_secs_f64().max(1e-9);
@@ -1062,11 +960,11 @@ fn drive(
                     .checked_div(deliveries)
                     .map_or(0.0, stats::us),
             };
-            if verify_start.is_none() {
+            if !timeline.end.verifying() {
                 timeline.samples.push(sample);
             }
             if !opts.json {
-                let phase = if verify_start.is_some() {
+                let phase = if timeline.end.verifying() {
                     "verify"
                 } else if now >= load_end {
                     "drain"
@@ -1212,29 +1110,10 @@ fn worker(
 ) -> (Totals, Vec<Outcome>) {
     let count = opts.members / opts.threads + usize::from(k < opts.members % opts.threads);
     let global = |j: usize| k + j * opts.threads;
-    let setup = (|| -> Result<(Poll, Vec<Client>), SetupError> {
-        let mut poll = Poll::new().map_err(|e| SetupError::Failed(format!("epoll_create: {e}")))?;
-        let mut events = Events::with_capacity(256);
-        let mut rbuf = vec![0u8; 16 << 10];
-        let token = |j: usize| client::mint_token(&names.ids[global(j)], &opts.secret);
-        let plan = Plan {
-            target: &opts.target,
-            count,
-            max_message: MAX_MESSAGE,
-            seed: (k as u32).wrapping_mul(0x85EB_CA6B) ^ 0x1B87_3593,
-            token: Some(&token),
-        };
-        let clients = client::establish(&mut poll, &mut events, &plan, &shared.abort, &mut rbuf)?;
-        Ok((poll, clients))
-    })();
-    let setup = match setup {
-        Ok(s) => Some(s),
-        Err(SetupError::Failed(msg)) => {
-            shared.fail(msg);
-            None
-        }
-        Err(SetupError::Aborted) => None,
-    };
+    let token = |j: usize| client::mint_token(&names.ids[global(j)], &opts.secret);
+    let seed = (k as u32).wrapping_mul(0x85EB_CA6B) ^ 0x1B87_3593;
+    let fail = |msg| shared.fail(msg);
+    let setup = imclient::connect_share(&opts.target, count, seed, &token, &shared.abort, fail);
     shared.setup.wait();
     let (Some((mut poll, clients)), false) = (setup, shared.abort.load(Ordering::Relaxed)) else {
         return (Totals::default(), Vec::new());
@@ -1306,7 +1185,9 @@ fn worker(
         let now = ctx.clock.ns();
         let result = m.client.as_mut().map_or(Ok(()), |c| {
             let mut pending = std::mem::take(&mut c.pending);
-            feed(c, &mut pending, &mut m.st, &mut ctx, now)
+            imclient::feed(c, &mut pending, |input| {
+                on_input(&mut m.st, &mut ctx, input, now)
+            })
         });
         after_input(m, &mut ctx, result, now);
     }
@@ -1422,7 +1303,13 @@ fn worker(
         }
     }
 
-    close_all(&mut members, &mut ctx, &mut poll, &mut events, &mut rbuf);
+    ctx.t.unclosed = imclient::close_all(
+        &mut members,
+        |m| &mut m.client,
+        &mut poll,
+        &mut events,
+        &mut rbuf,
+    );
     live.publish(&ctx.t.c);
     let outcomes = members.into_iter().map(|m| outcome(m.st)).collect();
     (ctx.t, outcomes)
@@ -1474,48 +1361,14 @@ fn on_readable(m: &mut Member, ctx: &mut Ctx<'_>, rbuf: &mut [u8], now: u64) -> 
     let Some(c) = m.client.as_mut() else {
         return Ok(());
     };
-    loop {
-        let n = match client::read(&mut c.stream, rbuf) {
-            Ok(Some(0)) => return Err("the server closed the TCP connection".into()),
-            Ok(Some(n)) => n,
-            Ok(None) => return Ok(()),
-            Err(e) => return Err(format!("read: {e}")),
-        };
-        feed(c, &mut rbuf[..n], &mut m.st, ctx, now)?;
-        if n < rbuf.len() {
-            return Ok(());
-        }
-    }
+    imclient::read_available(c, rbuf, |input| on_input(&mut m.st, ctx, input, now))
 }
 
-/// Decodes `input` and hands each text message to the member.
-fn feed(
-    c: &mut Client,
-    input: &mut [u8],
-    st: &mut State,
-    ctx: &mut Ctx<'_>,
-    now: u64,
-) -> Result<(), String> {
-    let mut pos = 0;
-    while pos < input.len() {
-        let (used, event) =
-            c.ws.read(&mut input[pos..], &mut c.out)
-                .map_err(|e| format!("protocol error from the server: {e}"))?;
-        pos += used;
-        match event {
-            None => break,
-            Some(WsEvent::Text(text)) => on_text(st, ctx, text, now),
-            Some(WsEvent::Binary(_)) => {
-                ctx.t.other_frames += 1;
-                ctx.t.problem(|| "a binary message on /ws".into());
-            }
-            Some(WsEvent::Closed(code)) => {
-                let code = code.map_or("no code".to_owned(), |c| c.to_string());
-                return Err(format!("the server closed the connection ({code})"));
-            }
-        }
+fn on_input(st: &mut State, ctx: &mut Ctx<'_>, input: Input<'_>, now: u64) {
+    match input {
+        Input::Text(text) => on_text(st, ctx, text, now),
+        Input::Binary => ctx.t.binary_frame(),
     }
-    Ok(())
 }
 
 fn on_text(st: &mut State, ctx: &mut Ctx<'_>, text: &[u8], now: u64) {
@@ -2016,15 +1869,9 @@ fn pace(
     rr: &mut usize,
 ) {
     let due = (now.saturating_sub(start) as f64 * rate / 1e9) as u64;
-    if due <= *paced {
+    let want = imclient::catch_up(due, paced, rate, CATCH_UP_SECS, &mut ctx.t);
+    if want == 0 {
         return;
-    }
-    let mut want = due - *paced;
-    let cap = ((rate * CATCH_UP_SECS) as u64).max(1);
-    if want > cap {
-        ctx.t.skipped_behind += want - cap;
-        *paced += want - cap;
-        want = cap;
     }
     for _ in 0..want {
         *paced += 1;
@@ -2092,108 +1939,21 @@ fn start_verifies(members: &mut [Member], ctx: &mut Ctx<'_>, now: u64) -> bool {
 }
 
 /// Close 1000 on every connection, then a bounded wait for the server's close.
-fn close_all(
-    members: &mut [Member],
-    ctx: &mut Ctx<'_>,
-    poll: &mut Poll,
-    events: &mut Events,
-    rbuf: &mut [u8],
-) {
-    let mut open = 0u64;
-    for m in members.iter_mut() {
-        if let Some(c) = m.client.as_mut() {
-            c.ws.close(close_code::NORMAL, "", &mut c.out);
-            if c.flush().is_ok() {
-                open += 1;
-            } else {
-                m.client = None;
-            }
-        }
-    }
-    let deadline = Instant::now() + CLOSE_WAIT;
-    while open > 0 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || poll.poll(events, Some(left)).is_err() {
-            break;
-        }
-        for event in events.iter() {
-            let Some(m) = members.get_mut(event.token().0) else {
-                continue;
-            };
-            let Some(c) = m.client.as_mut() else {
-                continue;
-            };
-            if !drain_close(c, rbuf) {
-                m.client = None;
-                open -= 1;
-            }
-        }
-    }
-    ctx.t.unclosed = open;
-}
-
-/// Reads a closing connection; false once it is done (the server's close or EOF).
-fn drain_close(c: &mut Client, rbuf: &mut [u8]) -> bool {
-    loop {
-        let n = match client::read(&mut c.stream, rbuf) {
-            Ok(Some(0)) | Err(_) => return false,
-            Ok(Some(n)) => n,
-            Ok(None) => return true,
-        };
-        let mut pos = 0;
-        while pos < n {
-            match c.ws.read(&mut rbuf[pos..n], &mut c.out) {
-                Ok((used, event)) => {
-                    pos += used;
-                    match event {
-                        None => break,
-                        Some(WsEvent::Closed(_)) => return false,
-                        Some(_) => {}
-                    }
-                }
-                Err(_) => return false,
-            }
-        }
-    }
-}
-
-/// Latency quantiles of a histogram: p50, p99, p99.9, max (ns).
-fn quantiles(h: &Histogram) -> [u64; 4] {
-    [
-        h.quantile(0.50),
-        h.quantile(0.99),
-        h.quantile(0.999),
-        h.max(),
-    ]
-}
-
 fn report(opts: &Opts, gid: &str, t: &Totals, check: &Check, tl: &Timeline) {
     let secs = opts.seconds.as_secs_f64();
     let deliveries = t.delivered_w as f64 / secs;
     let sends = t.sents_w as f64 / secs;
     let offered = t.offered_w as f64 / secs;
-    let sent = quantiles(&t.sent_hist);
-    let deliver = quantiles(&t.deliver_hist);
+    let sent = imclient::quantiles(&t.sent_hist);
+    let deliver = imclient::quantiles(&t.deliver_hist);
     let load = if opts.rate == 0 {
         format!("as fast as possible, depth {} per sender", opts.depth)
     } else {
         format!("{} msg/s offered", stats::grouped(opts.rate))
     };
     if opts.json {
-        let lat = |v: [u64; 4]| {
-            format!(
-                "{{\"p50\":{:.1},\"p99\":{:.1},\"p999\":{:.1},\"max\":{:.1}}}",
-                stats::us(v[0]),
-                stats::us(v[1]),
-                stats::us(v[2]),
-                stats::us(v[3])
-            )
-        };
-        let errors: Vec<String> = t
-            .errors_by_code
-            .iter()
-            .map(|(code, n)| format!("{}:{n}", stats::json_str(code)))
-            .collect();
+        let lat = imclient::json_latency;
+        let errors = imclient::json_errors(t);
         let timeline: Vec<String> = tl
             .samples
             .iter()
@@ -2250,9 +2010,9 @@ fn report(opts: &Opts, gid: &str, t: &Totals, check: &Check, tl: &Timeline) {
             check.mismatched,
             tl.connect.as_secs_f64(),
             tl.group.as_secs_f64(),
-            tl.drain.as_secs_f64(),
-            tl.drained,
-            tl.verify.as_secs_f64(),
+            tl.end.drain.as_secs_f64(),
+            tl.end.drained,
+            tl.end.verify.as_secs_f64(),
             errors.join(","),
             t.c.lost,
             timeline.join(","),
@@ -2301,18 +2061,7 @@ fn report(opts: &Opts, gid: &str, t: &Totals, check: &Check, tl: &Timeline) {
             stats::grouped(opts.rate)
         );
     }
-    println!("                       p50 us      p99 us    p99.9 us      max us");
-    let row = |label: &str, v: [u64; 4]| {
-        println!(
-            "  {label:<16} {:>10.1}  {:>10.1}  {:>10.1}  {:>10.1}",
-            stats::us(v[0]),
-            stats::us(v[1]),
-            stats::us(v[2]),
-            stats::us(v[3])
-        );
-    };
-    row("send -> sent", sent);
-    row("send -> delivery", deliver);
+    imclient::print_latency(&[("send -> sent", sent), ("send -> delivery", deliver)]);
     println!();
     println!(
         "  sends             {:>12}   all phases; {} got `sent`, {} refused",
@@ -2357,52 +2106,15 @@ fn report(opts: &Opts, gid: &str, t: &Totals, check: &Check, tl: &Timeline) {
             stats::grouped(t.skipped_backlog)
         );
     }
-    println!(
-        "  drain             {:>12.2}   s until every `sent` and delivery was in{}",
-        tl.drain.as_secs_f64(),
-        if tl.drained {
-            ""
-        } else {
-            " (gave up: --drain ran out)"
-        }
+    imclient::print_drain_verify(
+        "delivery",
+        &tl.end,
+        &format!(
+            ": {} of {} inboxes synced to their head, {} replayed from the start",
+            check.verified, check.members, check.replayed
+        ),
     );
-    println!(
-        "  verify            {:>12.2}   s: {} of {} inboxes synced to their head, {} replayed \
-         from the start{}",
-        tl.verify.as_secs_f64(),
-        check.verified,
-        check.members,
-        check.replayed,
-        if tl.verify_timed_out {
-            " (timed out)"
-        } else {
-            ""
-        }
-    );
-    let errors: Vec<String> = t
-        .errors_by_code
-        .iter()
-        .map(|(code, n)| format!("{code} {n}"))
-        .collect();
-    println!(
-        "  errors            {:>12}   {}",
-        stats::grouped(t.c.errors),
-        if errors.is_empty() {
-            "error replies from the server".to_owned()
-        } else {
-            errors.join(", ")
-        }
-    );
-    println!(
-        "  lost              {:>12}   connections ended before the run did",
-        t.c.lost
-    );
-    if t.other_frames > 0 {
-        println!(
-            "  unexpected        {:>12}   frames the client did not expect (ignored)",
-            t.other_frames
-        );
-    }
+    imclient::print_trouble(t, t.c.errors, t.c.lost);
     println!();
     if check.passed() {
         println!(
@@ -2426,7 +2138,7 @@ fn report(opts: &Opts, gid: &str, t: &Totals, check: &Check, tl: &Timeline) {
 
 /// The SVG: the send → delivery CDF, and deliveries per second over the load.
 fn chart(opts: &Opts, t: &Totals, tl: &Timeline) -> String {
-    let d = quantiles(&t.deliver_hist);
+    let d = imclient::quantiles(&t.deliver_hist);
     let ms = |ns: u64| ns as f64 / 1e6;
     let secs = opts.seconds.as_secs_f64();
     let cdf = svg::Chart {

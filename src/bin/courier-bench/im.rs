@@ -15,29 +15,23 @@
 //! inbox with `sync` from the cursor its `welcome` gave, page by page, with a fresh session.
 //! *Close*: close 1000 on every connection. Then the ledger is checked.
 
-use std::collections::BTreeMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Barrier, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use courier::client::session::{Config, ErrorReply, Event, Liveness, Msg, Sent, Session};
-use courier::ws::conn::Event as WsEvent;
-use courier::ws::frame::{close_code, OpCode};
-use mio::{Events, Poll};
+use courier::ws::frame::OpCode;
+use mio::Events;
 
 use crate::args::{self, Flag};
-use crate::client::{self, Client, Plan, SetupError, Target};
+use crate::client::{self, Client, Target};
+use crate::imclient::{self, run_id, splitmix64, Clock, Ending, Input, Tally};
 use crate::ledger::{self, Check, Entry, Inbox, Origin, SendRec, Stamp, UserLog};
-use crate::stats::{self, Histogram, Progress};
+use crate::stats::{self, Progress};
 
 pub const FLAGS: &[Flag] = &[
-    Flag {
-        name: "url",
-        arg: "URL",
-        default: "ws://127.0.0.1:8080/ws",
-        help: "courier's IM endpoint (ws://HOST:PORT/ws)",
-    },
+    imclient::URL,
     Flag {
         name: "jwt-secret",
         arg: "S",
@@ -69,24 +63,9 @@ pub const FLAGS: &[Flag] = &[
         default: "4",
         help: "with --rate 0: messages each user keeps in flight (awaiting `sent`)",
     },
-    Flag {
-        name: "seconds",
-        arg: "T",
-        default: "10",
-        help: "measured duration",
-    },
-    Flag {
-        name: "warmup",
-        arg: "W",
-        default: "1",
-        help: "seconds of load before measuring (checked, not counted)",
-    },
-    Flag {
-        name: "size",
-        arg: "B",
-        default: "64",
-        help: "message body bytes (at least the stamp, 30-45 B)",
-    },
+    imclient::SECONDS,
+    imclient::WARMUP,
+    imclient::SIZE,
     Flag {
         name: "threads",
         arg: "N",
@@ -105,12 +84,7 @@ pub const FLAGS: &[Flag] = &[
         default: "1",
         help: "seeds who sends to whom (same seed, same pairs)",
     },
-    Flag {
-        name: "json",
-        arg: "",
-        default: "",
-        help: "print the result as one JSON object line instead of a table",
-    },
+    imclient::JSON,
 ];
 
 const ABOUT: &str = "\
@@ -140,17 +114,12 @@ secret: 401) or no `sent` in the measured window; 2 on bad flags.";
 
 /// One thread's read buffer.
 const READ_BUF: usize = 256 << 10;
-/// Largest message accepted from the server: far above any one `msg`.
-const MAX_MESSAGE: usize = 4 << 20;
 /// Longest poll sleep, so counters are published and phase changes noticed.
 const MAX_POLL: Duration = Duration::from_millis(100);
 /// How often every session's timers run (app pings, retries after transient errors,
 /// the server-silence check).
 const TICK_NS: u64 = 250_000_000;
 /// How long the inbox replays may take, all users together.
-const VERIFY_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long the close handshake may take before sockets are just dropped.
-const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// How often the main thread looks at the workers' counters.
 const WATCH_STEP: Duration = Duration::from_millis(10);
 /// With --rate: sends a user may have waiting for `sent` before the pacer passes it
@@ -350,54 +319,21 @@ impl Live {
     }
 }
 
-/// What one worker measured, beyond its counters.
+/// What one worker measured: its counters and the counts both IM modes keep.
 #[derive(Default)]
 struct Totals {
     c: Counters,
-    sent_hist: Histogram,
-    deliver_hist: Histogram,
-    /// In the measured window: sends written, `sent`s and displays received.
-    offered_w: u64,
-    sents_w: u64,
-    delivered_w: u64,
-    /// --rate: slots skipped because the client fell behind its schedule, and because
-    /// no user could take a send (none signed in yet, or all backlogged).
-    skipped_behind: u64,
-    skipped_backlog: u64,
-    errors_by_code: BTreeMap<String, u64>,
-    /// Frames the client did not expect (a second `welcome`, binary, unknown types).
-    other_frames: u64,
-    /// Connections whose close handshake had not finished `CLOSE_WAIT` after ours.
-    unclosed: u64,
-    first_problem: Option<String>,
+    tally: Tally,
 }
 
 impl Totals {
-    fn problem(&mut self, what: impl FnOnce() -> String) {
-        if self.first_problem.is_none() {
-            self.first_problem = Some(what());
-        }
-    }
-
     fn merge(&mut self, o: &Totals) {
         self.c.add(&o.c);
-        self.sent_hist.merge(&o.sent_hist);
-        self.deliver_hist.merge(&o.deliver_hist);
-        self.offered_w += o.offered_w;
-        self.sents_w += o.sents_w;
-        self.delivered_w += o.delivered_w;
-        self.skipped_behind += o.skipped_behind;
-        self.skipped_backlog += o.skipped_backlog;
-        for (code, n) in &o.errors_by_code {
-            *self.errors_by_code.entry(code.clone()).or_default() += n;
-        }
-        self.other_frames += o.other_frames;
-        self.unclosed += o.unclosed;
-        if self.first_problem.is_none() {
-            self.first_problem.clone_from(&o.first_problem);
-        }
+        self.tally.merge(&o.tally);
     }
 }
+
+imclient::deref_tally!(Totals);
 
 struct Shared {
     /// Every worker has connected (or failed); then the main thread sets `t0`.
@@ -423,11 +359,7 @@ impl Shared {
 #[derive(Default)]
 struct Timeline {
     setup: Duration,
-    /// From the end of the load until every `sent` and push was in (or the drain gave up).
-    drain: Duration,
-    drained: bool,
-    verify: Duration,
-    verify_timed_out: bool,
+    end: Ending,
 }
 
 fn run(opts: &Opts) -> i32 {
@@ -553,7 +485,6 @@ fn watch(
     timeline: &mut Timeline,
 ) {
     let load_end = t0 + opts.warmup + opts.seconds;
-    let mut verify_start = None;
     let mut next_line = t0 + Duration::from_secs(1);
     let mut last = Counters::default();
     let mut last_at = t0;
@@ -561,29 +492,17 @@ fn watch(
         std::thread::sleep(WATCH_STEP);
         let now = Instant::now();
         let s = Live::sum(&shared.live);
-        match verify_start {
-            None if now >= load_end => {
-                // Every send answered (or refused), every confirmed message displayed.
-                let drained = s.pending == 0 && s.delivered >= s.sents;
-                if drained || now >= load_end + opts.drain {
-                    timeline.drain = now - load_end;
-                    timeline.drained = drained;
-                    verify_start = Some(now);
-                    shared.phase.store(VERIFY, Ordering::Release);
-                }
-            }
-            Some(start) => {
-                let done = s.settled >= opts.users as u64;
-                if done || now - start >= VERIFY_TIMEOUT {
-                    timeline.verify = now - start;
-                    timeline.verify_timed_out = !done;
-                    return;
-                }
-            }
-            None => {}
+        let drained = s.pending == 0 && s.delivered >= s.sents;
+        let settled = s.settled >= opts.users as u64;
+        let phase = &shared.phase;
+        if timeline
+            .end
+            .step(now, load_end, opts.drain, drained, settled, phase, VERIFY)
+        {
+            return;
         }
         if now >= next_line && !opts.json {
-            let phase = if verify_start.is_some() {
+            let phase = if timeline.end.verifying() {
                 "verify"
             } else if now >= load_end {
                 "drain"
@@ -651,40 +570,6 @@ fn progress_line(
             b.lost
         ),
     }
-}
-
-/// Nanoseconds since the run's `t0`, shared by every thread: stamps written by one
-/// thread are read by another.
-#[derive(Clone, Copy)]
-struct Clock(Instant);
-
-impl Clock {
-    #[inline]
-    fn ns(&self) -> u64 {
-        self.0.elapsed().as_nanos() as u64
-    }
-}
-
-/// A run id for the stamps and a seed for the sessions' cid epochs: different on every
-/// run, so a rerun on the same data neither mistakes an old message for a new one nor
-/// reuses an old cid (which the server would answer as a resend, storing nothing).
-fn run_id() -> u64 {
-    let mut seed = (courier::clock::wall_ms() << 20)
-        ^ u64::from(std::process::id())
-        ^ Instant::now().elapsed().as_nanos() as u64;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    seed ^= u64::from(nanos) << 32;
-    splitmix64(&mut seed)
-}
-
-fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// A user other than `from`, uniformly among `users`.
@@ -766,29 +651,10 @@ type UserResult = (u32, Option<UserLog>);
 fn worker(k: usize, opts: &Opts, shared: &Shared, run_seed: u64) -> (Totals, Vec<UserResult>) {
     let count = opts.users / opts.threads + usize::from(k < opts.users % opts.threads);
     let global = |j: usize| k + j * opts.threads;
-    let setup = (|| -> Result<(Poll, Vec<Client>), SetupError> {
-        let mut poll = Poll::new().map_err(|e| SetupError::Failed(format!("epoll_create: {e}")))?;
-        let mut events = Events::with_capacity(256);
-        let mut rbuf = vec![0u8; 16 << 10];
-        let token = |j: usize| client::mint_token(&opts.names[global(j)], &opts.secret);
-        let plan = Plan {
-            target: &opts.target,
-            count,
-            max_message: MAX_MESSAGE,
-            seed: (k as u32).wrapping_mul(0x85EB_CA6B) ^ 0x2545_F491,
-            token: Some(&token),
-        };
-        let clients = client::establish(&mut poll, &mut events, &plan, &shared.abort, &mut rbuf)?;
-        Ok((poll, clients))
-    })();
-    let setup = match setup {
-        Ok(s) => Some(s),
-        Err(SetupError::Failed(msg)) => {
-            shared.fail(msg);
-            None
-        }
-        Err(SetupError::Aborted) => None,
-    };
+    let token = |j: usize| client::mint_token(&opts.names[global(j)], &opts.secret);
+    let seed = (k as u32).wrapping_mul(0x85EB_CA6B) ^ 0x2545_F491;
+    let fail = |msg| shared.fail(msg);
+    let setup = imclient::connect_share(&opts.target, count, seed, &token, &shared.abort, fail);
     shared.setup.wait();
     shared.go.wait();
     let (Some((mut poll, clients)), false) = (setup, shared.abort.load(Ordering::Relaxed)) else {
@@ -832,7 +698,9 @@ fn worker(k: usize, opts: &Opts, shared: &Shared, run_seed: u64) -> (Totals, Vec
         let now = ctx.clock.ns();
         let result = u.client.as_mut().map_or(Ok(()), |c| {
             let mut pending = std::mem::take(&mut c.pending);
-            feed(c, &mut pending, &mut u.st, &mut ctx, now)
+            imclient::feed(c, &mut pending, |input| {
+                on_input(&mut u.st, &mut ctx, input, now)
+            })
         });
         after_input(u, &mut ctx, result);
     }
@@ -887,7 +755,13 @@ fn worker(k: usize, opts: &Opts, shared: &Shared, run_seed: u64) -> (Totals, Vec
         }
     }
 
-    close_all(&mut users, &mut ctx, &mut poll, &mut events, &mut rbuf);
+    ctx.t.unclosed = imclient::close_all(
+        &mut users,
+        |u| &mut u.client,
+        &mut poll,
+        &mut events,
+        &mut rbuf,
+    );
     live.publish(&ctx.t.c);
     let results = users
         .into_iter()
@@ -914,49 +788,14 @@ fn on_readable(u: &mut User, ctx: &mut Ctx<'_>, rbuf: &mut [u8], now: u64) -> Re
     let Some(c) = u.client.as_mut() else {
         return Ok(());
     };
-    loop {
-        let n = match client::read(&mut c.stream, rbuf) {
-            Ok(Some(0)) => return Err("the server closed the TCP connection".into()),
-            Ok(Some(n)) => n,
-            Ok(None) => return Ok(()),
-            Err(e) => return Err(format!("read: {e}")),
-        };
-        feed(c, &mut rbuf[..n], &mut u.st, ctx, now)?;
-        // A short read drained the socket; more data raises a new edge.
-        if n < rbuf.len() {
-            return Ok(());
-        }
-    }
+    imclient::read_available(c, rbuf, |input| on_input(&mut u.st, ctx, input, now))
 }
 
-/// Decodes `input` and hands each text message to the user's session.
-fn feed(
-    c: &mut Client,
-    input: &mut [u8],
-    st: &mut State,
-    ctx: &mut Ctx<'_>,
-    now: u64,
-) -> Result<(), String> {
-    let mut pos = 0;
-    while pos < input.len() {
-        let (used, event) =
-            c.ws.read(&mut input[pos..], &mut c.out)
-                .map_err(|e| format!("protocol error from the server: {e}"))?;
-        pos += used;
-        match event {
-            None => break,
-            Some(WsEvent::Text(text)) => on_text(st, ctx, text, now),
-            Some(WsEvent::Binary(_)) => {
-                ctx.t.other_frames += 1;
-                ctx.t.problem(|| "a binary message on /ws".into());
-            }
-            Some(WsEvent::Closed(code)) => {
-                let code = code.map_or("no code".to_owned(), |c| c.to_string());
-                return Err(format!("the server closed the connection ({code})"));
-            }
-        }
+fn on_input(st: &mut State, ctx: &mut Ctx<'_>, input: Input<'_>, now: u64) {
+    match input {
+        Input::Text(text) => on_text(st, ctx, text, now),
+        Input::Binary => ctx.t.binary_frame(),
     }
-    Ok(())
 }
 
 /// After a batch of input (or a send): the session's requests (the cumulative ack first)
@@ -1179,17 +1018,11 @@ fn pace(
     paced: &mut u64,
     rr: &mut usize,
 ) {
-    let due = (now as f64 * rate / 1e9) as u64;
-    if due <= *paced || users.is_empty() {
+    if users.is_empty() {
         return;
     }
-    let mut want = due - *paced;
-    let cap = ((rate * CATCH_UP_SECS) as u64).max(1);
-    if want > cap {
-        ctx.t.skipped_behind += want - cap;
-        *paced += want - cap;
-        want = cap;
-    }
+    let due = (now as f64 * rate / 1e9) as u64;
+    let want = imclient::catch_up(due, paced, rate, CATCH_UP_SECS, &mut ctx.t);
     for _ in 0..want {
         *paced += 1;
         let mut sent = false;
@@ -1317,106 +1150,21 @@ fn on_verify_text(v: &mut Verify, idx: u32, ctx: &mut Ctx<'_>, text: &[u8], now_
 }
 
 /// Close 1000 on every connection, then a bounded wait for the server's close.
-fn close_all(
-    users: &mut [User],
-    ctx: &mut Ctx<'_>,
-    poll: &mut Poll,
-    events: &mut Events,
-    rbuf: &mut [u8],
-) {
-    let mut open = 0u64;
-    for u in users.iter_mut() {
-        if let Some(c) = u.client.as_mut() {
-            c.ws.close(close_code::NORMAL, "", &mut c.out);
-            if c.flush().is_ok() {
-                open += 1;
-            } else {
-                u.client = None;
-            }
-        }
-    }
-    let deadline = Instant::now() + CLOSE_WAIT;
-    while open > 0 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || poll.poll(events, Some(left)).is_err() {
-            break;
-        }
-        for event in events.iter() {
-            let Some(u) = users.get_mut(event.token().0) else {
-                continue;
-            };
-            let Some(c) = u.client.as_mut() else {
-                continue;
-            };
-            if !drain_close(c, rbuf) {
-                u.client = None;
-                open -= 1;
-            }
-        }
-    }
-    ctx.t.unclosed = open;
-}
-
-/// Reads a closing connection; false once it is done (the server's close or EOF).
-fn drain_close(c: &mut Client, rbuf: &mut [u8]) -> bool {
-    loop {
-        let n = match client::read(&mut c.stream, rbuf) {
-            Ok(Some(0)) | Err(_) => return false,
-            Ok(Some(n)) => n,
-            Ok(None) => return true,
-        };
-        let mut pos = 0;
-        while pos < n {
-            match c.ws.read(&mut rbuf[pos..n], &mut c.out) {
-                Ok((used, event)) => {
-                    pos += used;
-                    match event {
-                        None => break,
-                        Some(WsEvent::Closed(_)) => return false,
-                        Some(_) => {}
-                    }
-                }
-                Err(_) => return false,
-            }
-        }
-    }
-}
-
 fn report(opts: &Opts, t: &Totals, check: &Check, tl: &Timeline) {
     let secs = opts.seconds.as_secs_f64();
     let durable = t.sents_w as f64 / secs;
     let offered = t.offered_w as f64 / secs;
     let delivered = t.delivered_w as f64 / secs;
-    let q = |h: &Histogram| {
-        [
-            h.quantile(0.50),
-            h.quantile(0.99),
-            h.quantile(0.999),
-            h.max(),
-        ]
-    };
-    let sent = q(&t.sent_hist);
-    let deliver = q(&t.deliver_hist);
+    let sent = imclient::quantiles(&t.sent_hist);
+    let deliver = imclient::quantiles(&t.deliver_hist);
     let load = if opts.rate == 0 {
         format!("as fast as possible, depth {} per user", opts.depth)
     } else {
         format!("{} msg/s offered", stats::grouped(opts.rate))
     };
     if opts.json {
-        let lat = |v: [u64; 4]| {
-            format!(
-                "{{\"p50\":{:.1},\"p99\":{:.1},\"p999\":{:.1},\"max\":{:.1}}}",
-                stats::us(v[0]),
-                stats::us(v[1]),
-                stats::us(v[2]),
-                stats::us(v[3])
-            )
-        };
-        let errors: Vec<String> = t
-            .errors_by_code
-            .iter()
-            .map(|(code, n)| format!("{}:{n}", stats::json_str(code)))
-            .collect();
+        let lat = imclient::json_latency;
+        let errors = imclient::json_errors(t);
         println!(
             "{{\"mode\":\"im\",\"url\":{},\"users\":{},\"rate\":{},\"depth\":{},\"size\":{},\
              \"seconds\":{},\"warmup\":{},\"threads\":{},\"durable_msgs_per_sec\":{durable:.1},\
@@ -1458,9 +1206,9 @@ fn report(opts: &Opts, t: &Totals, check: &Check, tl: &Timeline) {
             check.gaps,
             check.behind,
             check.mismatched,
-            tl.drain.as_secs_f64(),
-            tl.drained,
-            tl.verify.as_secs_f64(),
+            tl.end.drain.as_secs_f64(),
+            tl.end.drained,
+            tl.end.verify.as_secs_f64(),
             errors.join(","),
             t.c.lost,
         );
@@ -1501,18 +1249,7 @@ fn report(opts: &Opts, t: &Totals, check: &Check, tl: &Timeline) {
         "  delivered msg/s   {:>12}   `msg` pushes displayed at recipients per second",
         stats::grouped(delivered.round() as u64)
     );
-    println!("                       p50 us      p99 us    p99.9 us      max us");
-    let row = |label: &str, v: [u64; 4]| {
-        println!(
-            "  {label:<16} {:>10.1}  {:>10.1}  {:>10.1}  {:>10.1}",
-            stats::us(v[0]),
-            stats::us(v[1]),
-            stats::us(v[2]),
-            stats::us(v[3])
-        );
-    };
-    row("send -> sent", sent);
-    row("send -> recipient", deliver);
+    imclient::print_latency(&[("send -> sent", sent), ("send -> recipient", deliver)]);
     println!();
     println!(
         "  sends             {:>12}   all phases ({} in the window); {} got `sent`",
@@ -1551,50 +1288,15 @@ fn report(opts: &Opts, t: &Totals, check: &Check, tl: &Timeline) {
             stats::grouped(check.foreign)
         );
     }
-    println!(
-        "  drain             {:>12.2}   s until every `sent` and push was in{}",
-        tl.drain.as_secs_f64(),
-        if tl.drained {
-            ""
-        } else {
-            " (gave up: --drain ran out)"
-        }
+    imclient::print_drain_verify(
+        "push",
+        &tl.end,
+        &format!(
+            " to replay {} of {} inboxes with sync",
+            check.verified_users, check.users
+        ),
     );
-    println!(
-        "  verify            {:>12.2}   s to replay {} of {} inboxes with sync{}",
-        tl.verify.as_secs_f64(),
-        check.verified_users,
-        check.users,
-        if tl.verify_timed_out {
-            " (timed out)"
-        } else {
-            ""
-        }
-    );
-    let errors: Vec<String> = t
-        .errors_by_code
-        .iter()
-        .map(|(code, n)| format!("{code} {n}"))
-        .collect();
-    println!(
-        "  errors            {:>12}   {}",
-        stats::grouped(t.c.errors),
-        if errors.is_empty() {
-            "error replies from the server".to_owned()
-        } else {
-            errors.join(", ")
-        }
-    );
-    println!(
-        "  lost              {:>12}   connections ended before the run did",
-        t.c.lost
-    );
-    if t.other_frames > 0 {
-        println!(
-            "  unexpected        {:>12}   frames the client did not expect (ignored)",
-            t.other_frames
-        );
-    }
+    imclient::print_trouble(t, t.c.errors, t.c.lost);
     println!();
     if check.passed() {
         println!(

@@ -10,6 +10,7 @@ mod connect;
 mod echo;
 mod fanout;
 mod im;
+mod imclient;
 mod ledger;
 mod stats;
 mod svg;
