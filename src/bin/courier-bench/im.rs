@@ -84,6 +84,12 @@ pub const FLAGS: &[Flag] = &[
         default: "1",
         help: "seeds who sends to whom (same seed, same pairs)",
     },
+    Flag {
+        name: "contacts",
+        arg: "K",
+        default: "0",
+        help: "each user writes only to K fixed contacts (the next K users), as people chat with a few; 0 = to anyone, every message a likely new pair",
+    },
     imclient::JSON,
 ];
 
@@ -148,6 +154,7 @@ pub struct Opts {
     threads: usize,
     drain: Duration,
     seed: u64,
+    contacts: usize,
     json: bool,
     /// User i's id, and `user:<id>` to address it.
     names: Vec<String>,
@@ -196,6 +203,12 @@ fn opts(values: &args::Values) -> Result<Opts, String> {
         .get("seed")
         .parse()
         .map_err(|_| format!("--seed: {:?} is not a whole number", values.get("seed")))?;
+    let contacts: usize = values.get("contacts").parse().map_err(|_| {
+        format!(
+            "--contacts: {:?} is not a whole number",
+            values.get("contacts")
+        )
+    })?;
     let names: Vec<String> = (0..users).map(|i| format!("{prefix}{i}")).collect();
     Ok(Opts {
         target: Target::parse(values.get("url"))?,
@@ -209,6 +222,7 @@ fn opts(values: &args::Values) -> Result<Opts, String> {
         threads: values.count("threads", 1)?.min(users),
         drain: values.duration("drain")?,
         seed,
+        contacts,
         json: values.switch("json"),
         addresses: names.iter().map(|n| format!("user:{n}")).collect(),
         names,
@@ -582,6 +596,13 @@ fn pick_other(rng: &mut u64, from: u32, users: usize) -> u32 {
     }
 }
 
+/// One of `from`'s `k` contacts: the next `k` users after it, wrapping around.
+fn pick_contact(rng: &mut u64, from: u32, users: usize, k: usize) -> u32 {
+    let k = k.min(users - 1) as u64;
+    let step = 1 + splitmix64(rng) % k;
+    ((u64::from(from) + step) % users as u64) as u32
+}
+
 /// The counter at the end of a cid the session made (`<device>.<epoch>.<n>`): the
 /// bench's message number.
 fn cid_counter(cid: &str) -> Option<u64> {
@@ -931,7 +952,10 @@ fn send_one(st: &mut State, ctx: &mut Ctx<'_>, now: u64) {
         return;
     };
     let n = st.log.sends.len() as u64 + 1;
-    let to = pick_other(&mut ctx.rng, st.idx, ctx.opts.users);
+    let to = match ctx.opts.contacts {
+        0 => pick_other(&mut ctx.rng, st.idx, ctx.opts.users),
+        k => pick_contact(&mut ctx.rng, st.idx, ctx.opts.users, k),
+    };
     Stamp {
         run: ctx.run,
         sender: st.idx,
@@ -1327,6 +1351,23 @@ fn report(opts: &Opts, t: &Totals, check: &Check, tl: &Timeline) {
 mod tests {
     use super::*;
     use crate::args::Parsed;
+
+    #[test]
+    fn contacts_are_the_next_k_users_never_oneself() {
+        let mut rng = 7;
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..1000 {
+            seen.insert(pick_contact(&mut rng, 998, 1000, 5));
+        }
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), [0, 1, 2, 3, 999]);
+        for _ in 0..100 {
+            assert_eq!(
+                pick_contact(&mut rng, 1, 2, 5),
+                0,
+                "k is capped at the others"
+            );
+        }
+    }
 
     #[test]
     fn user_ids_map_back_to_indexes() {
