@@ -25,8 +25,8 @@ use super::protocol::{
     MAX_WATCH,
 };
 use crate::store::{
-    dm_conv, Completion, ConvSummary, Entry, GroupChange, History, Job, Page, ReadMoved, Sent,
-    StoreError,
+    dm_conv, parse_gid, Completion, ConvId, ConvSummary, Entry, GroupChange, History, Job, Page,
+    ReadMoved, Sent, StoreError,
 };
 use crate::timer::{TimerId, Wheel};
 
@@ -1074,39 +1074,13 @@ impl Hub {
                 }
                 self.write_done(conn, now, out);
             }
-            Completion::Convs { tag, result } => {
-                let Some(Pending::Query { conn, rid }) = self.pending.remove(&tag) else {
-                    return;
-                };
-                let Some(session) = self.sessions.get(&conn) else {
-                    return;
-                };
-                match result {
-                    Ok(convs) => reply(
-                        out,
-                        conn,
-                        &convs_reply(rid.as_deref(), &session.user, &convs),
-                    ),
-                    Err(e) => failed(out, conn, rid.as_deref(), None, &e),
-                }
-                self.query_done(conn, now, out);
-            }
+            Completion::Convs { tag, result } => self.query_answered(tag, now, out, |rid, user| {
+                result.map(|convs| convs_reply(rid, user, &convs).to_json())
+            }),
             Completion::History { tag, result } => {
-                let Some(Pending::Query { conn, rid }) = self.pending.remove(&tag) else {
-                    return;
-                };
-                let Some(session) = self.sessions.get(&conn) else {
-                    return;
-                };
-                match result {
-                    Ok(history) => reply(
-                        out,
-                        conn,
-                        &history_reply(rid.as_deref(), &session.user, &history),
-                    ),
-                    Err(e) => failed(out, conn, rid.as_deref(), None, &e),
-                }
-                self.query_done(conn, now, out);
+                self.query_answered(tag, now, out, |rid, user| {
+                    result.map(|history| history_reply(rid, user, &history).to_json())
+                })
             }
             Completion::Members { tag, result } => {
                 let Some(Pending::Typing { from, conv }) = self.pending.remove(&tag) else {
@@ -1139,6 +1113,31 @@ impl Hub {
         }
         self.start_waiting(conn, now, out);
         self.pump(conn, out);
+    }
+
+    /// A `convs` or `history` came back: `answer` writes the reply for the asking user.
+    fn query_answered(
+        &mut self,
+        tag: u64,
+        now: Now,
+        out: &mut Vec<Action>,
+        answer: impl FnOnce(Option<&RawValue>, &str) -> Result<Vec<u8>, StoreError>,
+    ) {
+        let Some(Pending::Query { conn, rid }) = self.pending.remove(&tag) else {
+            return;
+        };
+        let Some(session) = self.sessions.get(&conn) else {
+            return;
+        };
+        match answer(rid.as_deref(), &session.user) {
+            Ok(text) => out.push(Action::Send {
+                conn,
+                text,
+                traffic: Traffic::Reply,
+            }),
+            Err(e) => failed(out, conn, rid.as_deref(), None, &e),
+        }
+        self.query_done(conn, now, out);
     }
 
     /// One of `conn`'s `convs` or `history` is answered.
@@ -1645,25 +1644,28 @@ fn group_reply<'a>(rid: Option<&'a RawValue>, change: &'a GroupChange) -> Reply<
     }
 }
 
+/// A message of a conversation as `user` sees it: the `cid` only on their own.
+fn shown<'a>(m: &'a crate::store::Message, user: &str) -> Message<'a> {
+    Message::from_stored(
+        m.mid,
+        &m.conv,
+        &m.from,
+        &m.body,
+        m.ts,
+        &m.kind,
+        (m.from == user).then_some(m.cid.as_str()),
+        m.ref_mid,
+        m.recalled,
+    )
+}
+
 fn convs_reply<'a>(rid: Option<&'a RawValue>, user: &str, convs: &'a [ConvSummary]) -> Reply<'a> {
     let items = convs
         .iter()
         .map(|c| ConvItem {
             conv: &c.conv,
             name: c.name.as_deref(),
-            last: c.last.as_ref().map(|m| {
-                Message::from_stored(
-                    m.mid,
-                    &m.conv,
-                    &m.from,
-                    &m.body,
-                    m.ts,
-                    &m.kind,
-                    (m.from == user).then_some(m.cid.as_str()),
-                    m.ref_mid,
-                    m.recalled,
-                )
-            }),
+            last: c.last.as_ref().map(|m| shown(m, user)),
             unread: c.unread,
             read_mid: c.read_mid,
             peer_read_mid: c.peer_read_mid,
@@ -1673,23 +1675,7 @@ fn convs_reply<'a>(rid: Option<&'a RawValue>, user: &str, convs: &'a [ConvSummar
 }
 
 fn history_reply<'a>(rid: Option<&'a RawValue>, user: &str, history: &'a History) -> Reply<'a> {
-    let msgs = history
-        .msgs
-        .iter()
-        .map(|m| {
-            Message::from_stored(
-                m.mid,
-                &m.conv,
-                &m.from,
-                &m.body,
-                m.ts,
-                &m.kind,
-                (m.from == user).then_some(m.cid.as_str()),
-                m.ref_mid,
-                m.recalled,
-            )
-        })
-        .collect();
+    let msgs = history.msgs.iter().map(|m| shown(m, user)).collect();
     Reply::History {
         rid,
         conv: &history.conv,
@@ -1703,7 +1689,7 @@ fn check(request: &Request, max_body: usize) -> Result<(), (ErrorCode, String)> 
     let bad = |message: &str| Err((ErrorCode::BadRequest, message.to_owned()));
     match request {
         Request::Send(send) => check_send(send, max_body).map(|_| ()),
-        Request::Read { conv, .. } | Request::History { conv, .. } => match parse_conv(conv) {
+        Request::Read { conv, .. } | Request::History { conv, .. } => match ConvId::parse(conv) {
             Some(_) => Ok(()),
             None => bad("`conv` is dm:<a>:<b> (sorted) or group:<gid>"),
         },
@@ -1739,27 +1725,6 @@ fn needs_store(request: &Request) -> bool {
         request,
         Request::Ping | Request::Ack { .. } | Request::Watch { .. } | Request::Typing { .. }
     )
-}
-
-/// A conversation id as PROTOCOL.md spells it: `dm:<a>:<b>` (sorted) or `group:<gid>`.
-fn parse_conv(conv: &str) -> Option<()> {
-    if let Some(gid) = conv.strip_prefix("group:") {
-        return parse_gid(gid).map(|_| ());
-    }
-    let (a, b) = conv.strip_prefix("dm:")?.split_once(':')?;
-    (valid_user_id(a) && valid_user_id(b) && a <= b).then_some(())
-}
-
-/// A gid as the server writes it: plain decimal, no sign, no leading zero, so one group
-/// has one name (the store's conversation ids are held to the same rule).
-fn parse_gid(gid: &str) -> Option<u64> {
-    let canonical = !gid.is_empty()
-        && gid.bytes().all(|b| b.is_ascii_digit())
-        && (gid == "0" || !gid.starts_with('0'));
-    if !canonical {
-        return None;
-    }
-    gid.parse().ok()
 }
 
 /// `user:<id>` or `group:<gid>`.

@@ -32,13 +32,7 @@ impl<'a> ConvId<'a> {
             let (a, b) = pair.split_once(':')?;
             (valid_user_id(a) && valid_user_id(b) && a <= b).then_some(ConvId::Dm(a, b))
         } else if let Some(gid) = conv.strip_prefix("group:") {
-            let canonical = !gid.is_empty()
-                && gid.bytes().all(|b| b.is_ascii_digit())
-                && (gid == "0" || !gid.starts_with('0'));
-            if !canonical {
-                return None;
-            }
-            gid.parse().ok().map(ConvId::Group)
+            parse_gid(gid).map(ConvId::Group)
         } else {
             None
         }
@@ -63,6 +57,18 @@ fn valid_user_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// A gid as the server writes it: plain decimal, no sign, no leading zero, so one group
+/// has one name.
+pub(crate) fn parse_gid(gid: &str) -> Option<u64> {
+    let canonical = !gid.is_empty()
+        && gid.bytes().all(|b| b.is_ascii_digit())
+        && (gid == "0" || !gid.starts_with('0'));
+    if !canonical {
+        return None;
+    }
+    gid.parse().ok()
 }
 
 /// `group:<gid>`.

@@ -109,6 +109,7 @@ use std::thread::{self, JoinHandle};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
+pub(crate) use conv::{parse_gid, ConvId};
 pub use error::StoreError;
 pub use stats::{Histogram, Stats, BUCKETS};
 
@@ -764,6 +765,15 @@ pub(crate) enum Outcome {
 /// Joins a job with its outcome, moving the job's strings into the completion.
 pub(crate) fn complete(job: Job, outcome: Result<Outcome, StoreError>) -> Completion {
     let mismatch = || StoreError::Internal("outcome does not match the job".into());
+    // The outcome of a job whose answer was built whole inside the store.
+    macro_rules! built {
+        ($variant:ident) => {
+            outcome.and_then(|o| match o {
+                Outcome::$variant(answer) => Ok(answer),
+                _ => Err(mismatch()),
+            })
+        };
+    }
     match job {
         Job::Send {
             tag,
@@ -824,62 +834,38 @@ pub(crate) fn complete(job: Job, outcome: Result<Outcome, StoreError>) -> Comple
         }
         Job::GroupSend { tag, .. } => Completion::Sent {
             tag,
-            result: outcome.and_then(|o| match o {
-                Outcome::GroupSent(sent) => Ok(sent),
-                _ => Err(mismatch()),
-            }),
+            result: built!(GroupSent),
         },
         Job::Recall { tag, .. } => Completion::Recalled {
             tag,
-            result: outcome.and_then(|o| match o {
-                Outcome::Recalled(sent) => Ok(sent),
-                _ => Err(mismatch()),
-            }),
+            result: built!(Recalled),
         },
         Job::MarkRead { tag, .. } => Completion::Read {
             tag,
-            result: outcome.and_then(|o| match o {
-                Outcome::Read(read) => Ok(read),
-                _ => Err(mismatch()),
-            }),
+            result: built!(Read),
         },
         Job::GroupCreate { tag, .. } | Job::GroupAdd { tag, .. } | Job::GroupLeave { tag, .. } => {
             Completion::Group {
                 tag,
-                result: outcome.and_then(|o| match o {
-                    Outcome::Group(change) => Ok(change),
-                    _ => Err(mismatch()),
-                }),
+                result: built!(Group),
             }
         }
         Job::Convs { tag, .. } => Completion::Convs {
             tag,
-            result: outcome.and_then(|o| match o {
-                Outcome::Convs(convs) => Ok(convs),
-                _ => Err(mismatch()),
-            }),
+            result: built!(Convs),
         },
         Job::History { tag, .. } => Completion::History {
             tag,
-            result: outcome.and_then(|o| match o {
-                Outcome::History(history) => Ok(history),
-                _ => Err(mismatch()),
-            }),
+            result: built!(History),
         },
         Job::Members { tag, .. } => Completion::Members {
             tag,
-            result: outcome.and_then(|o| match o {
-                Outcome::Members(members) => Ok(members),
-                _ => Err(mismatch()),
-            }),
+            result: built!(Members),
         },
         Job::Page {
             tag, user, after, ..
         } => {
-            let result = outcome.and_then(|outcome| match outcome {
-                Outcome::Page(page) => Ok(page),
-                _ => Err(mismatch()),
-            });
+            let result = built!(Page);
             Completion::Page {
                 tag,
                 user,
