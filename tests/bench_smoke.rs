@@ -5,136 +5,31 @@
 //! duplicates messages must say so and exit 1, and one that reports a clean run must
 //! have had one.
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+mod im_support;
 
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use im_support::{courier_command, DataDir, Server, SECRET};
 use serde_json::Value;
 
-const SECRET: &str = "courier-bench-smoke-secret-0123456789";
 /// Longest a single bench run may take before the test calls it hung.
 const RUN_LIMIT: Duration = Duration::from_secs(60);
 
-/// A fresh folder under the temp dir, removed on drop.
-struct DataDir(PathBuf);
-
-impl DataDir {
-    fn new() -> DataDir {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let path = std::env::temp_dir().join(format!(
-            "courier-bench-smoke-{}-{}-{nanos}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        DataDir(path)
-    }
+/// `courier echo --listen 127.0.0.1:0`.
+fn echo_server() -> Server {
+    Server::run(courier_command(&["echo", "--listen", "127.0.0.1:0"]))
 }
 
-impl Drop for DataDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// `courier serve` on a fresh data folder, with the tests' secret and a request limit far
+/// above what the runs send.
+fn im_server() -> Server {
+    Server::start(&["--rate", "1000000"])
 }
 
-/// A running `courier` (echo or serve), killed and reaped on drop; its data folder goes
-/// after it.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    _dir: Option<DataDir>,
-}
-
-impl Server {
-    /// `courier echo --listen 127.0.0.1:0`.
-    fn echo() -> Server {
-        Server::spawn(&["echo", "--listen", "127.0.0.1:0"], None)
-    }
-
-    /// `courier serve` on a fresh data folder, with the smoke secret and a request limit
-    /// far above what the runs send.
-    fn im() -> Server {
-        let dir = DataDir::new();
-        let data = dir.0.to_string_lossy().into_owned();
-        let args = [
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-            &data,
-            "--jwt-secret",
-            SECRET,
-            "--rate",
-            "1000000",
-        ];
-        Server::spawn(&args, Some(dir))
-    }
-
-    /// Starts `courier ARGS` and waits for its `listening on ADDR` line.
-    fn spawn(args: &[&str], dir: Option<DataDir>) -> Server {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_courier"));
-        command
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        // The test's own environment must not configure the server behind its back.
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("COURIER_") {
-                command.env_remove(name);
-            }
-        }
-        let mut child = command.spawn().expect("spawn courier");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            for line in lines.by_ref() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(addr.trim().to_owned());
-                    break;
-                }
-            }
-            // Keep draining so the server never blocks on a full pipe.
-            for _ in lines {}
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(15)) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                let status = child.wait();
-                panic!("courier {args:?} printed no `listening on` line (exit: {status:?})");
-            }
-        };
-        Server {
-            child,
-            addr: addr.parse().expect("`listening on` gives an address"),
-            _dir: dir,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("ws://{}{path}", self.addr)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn ws_url(server: &Server, path: &str) -> String {
+    format!("ws://{}{path}", server.addr)
 }
 
 /// What one `courier-bench` run left.
@@ -225,8 +120,8 @@ fn num(v: &Value, path: &[&str]) -> f64 {
 
 #[test]
 fn echo_mode_runs_and_reports() {
-    let server = Server::echo();
-    let url = server.url("/");
+    let server = echo_server();
+    let url = ws_url(&server, "/");
     let run = bench(&[
         "echo",
         "--url",
@@ -266,9 +161,9 @@ fn echo_mode_runs_and_reports() {
 
 #[test]
 fn connect_mode_holds_connections_echo_and_im() {
-    let server = Server::echo();
+    let server = echo_server();
     let pid = server.pid().to_string();
-    let url = server.url("/");
+    let url = ws_url(&server, "/");
     let run = bench(&[
         "connect",
         "--url",
@@ -289,8 +184,8 @@ fn connect_mode_holds_connections_echo_and_im() {
     assert_eq!(num(&v, &["dropped"]), 0.0, "{v}");
 
     // Authenticated IM connections: every one gets its `welcome`.
-    let im = Server::im();
-    let url = im.url("/ws");
+    let im = im_server();
+    let url = ws_url(&im, "/ws");
     let run = bench(&[
         "connect",
         "--url",
@@ -310,8 +205,8 @@ fn connect_mode_holds_connections_echo_and_im() {
 
 #[test]
 fn im_mode_passes_its_exactly_once_check() {
-    let server = Server::im();
-    let url = server.url("/ws");
+    let server = im_server();
+    let url = ws_url(&server, "/ws");
     let run = bench(&[
         "im",
         "--url",
@@ -362,11 +257,11 @@ fn im_mode_passes_its_exactly_once_check() {
 
 #[test]
 fn fanout_mode_passes_its_exactly_once_check() {
-    let server = Server::im();
-    let url = server.url("/ws");
-    let svg_dir = DataDir::new();
-    std::fs::create_dir_all(&svg_dir.0).expect("make a folder for the chart");
-    let svg = svg_dir.0.join("fanout.svg");
+    let server = im_server();
+    let url = ws_url(&server, "/ws");
+    let svg_dir = DataDir::new("bench-svg");
+    std::fs::create_dir_all(&svg_dir.path).expect("make a folder for the chart");
+    let svg = svg_dir.path.join("fanout.svg");
     let svg_arg = svg.to_string_lossy().into_owned();
     let run = bench(&[
         "fanout",
@@ -462,8 +357,8 @@ fn clear_errors_and_exit_codes() {
     );
 
     // The wrong secret: the server refuses the token, and the bench says why.
-    let server = Server::im();
-    let url = server.url("/ws");
+    let server = im_server();
+    let url = ws_url(&server, "/ws");
     let run = bench(&[
         "fanout",
         "--url",

@@ -93,9 +93,14 @@ impl Server {
     /// `courier serve --listen 127.0.0.1:0 --data DATA ARGS` with only `env` of the
     /// `COURIER_*` variables set (no secret unless `args` or `env` give one).
     pub fn spawn(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut command = serve_command(data, args, env);
+        Server::run(serve_command(data, args, env))
+    }
+
+    /// Runs any `courier` command line (`courier echo …` too) and waits for its
+    /// `listening on ADDR` line.
+    pub fn run(mut command: Command) -> Server {
         command.stdout(Stdio::piped());
-        let mut child = command.spawn().expect("spawn courier serve");
+        let mut child = command.spawn().expect("spawn courier");
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -115,7 +120,7 @@ impl Server {
             Err(_) => {
                 let _ = child.kill();
                 let status = child.wait();
-                panic!("courier serve printed no `listening on` line (exit: {status:?})");
+                panic!("{command:?} printed no `listening on` line (exit: {status:?})");
             }
         };
         Server {
@@ -193,23 +198,25 @@ impl Server {
 /// The `courier serve` command line the tests run, `COURIER_*` from the test's own
 /// environment removed and `env` added.
 pub fn serve_command(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = courier_command(&["serve", "--listen", "127.0.0.1:0", "--data"]);
+    command.arg(data).args(args).envs(env.iter().copied());
+    command
+}
+
+/// `courier ARGS` with none of the test's own `COURIER_*` variables: the test's
+/// environment must not configure the server behind its back.
+pub fn courier_command(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_courier"));
     command
-        .arg("serve")
-        .args(["--listen", "127.0.0.1:0"])
-        .arg("--data")
-        .arg(data)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
-    // The test's own environment must not configure the server behind its back.
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("COURIER_") {
             command.env_remove(name);
         }
     }
-    command.envs(env.iter().copied());
     command
 }
 
