@@ -9,11 +9,15 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+#[path = "../support/listening.rs"]
+mod listening;
+
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use listening::spawn_listening;
 
 /// Default socket timeout: far above any legitimate wait on loopback, far below "hung".
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -44,38 +48,14 @@ impl Server {
     /// Starts `courier echo --listen 127.0.0.1:0` plus `extra` and waits for its
     /// `listening on ADDR` line.
     pub fn start(extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_courier"))
-            .args(["echo", "--listen", "127.0.0.1:0"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn courier");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            for line in lines.by_ref() {
-                let Ok(line) = line else { return };
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(addr.trim().to_string());
-                    break;
-                }
-            }
-            // Keep draining: a server blocked on a full stdout pipe would look like a hang.
-            for _ in lines {}
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(addr) => addr
-                .parse()
-                .unwrap_or_else(|_| panic!("bad address in `listening on {addr}`")),
-            Err(_) => {
-                let _ = child.kill();
-                let status = child.wait();
-                panic!("courier echo {extra:?} never printed `listening on` (exit: {status:?})");
-            }
-        };
+        let (child, addr) = spawn_listening(
+            Command::new(env!("CARGO_BIN_EXE_courier"))
+                .args(["echo", "--listen", "127.0.0.1:0"])
+                .args(extra)
+                .stdin(Stdio::null())
+                .stderr(Stdio::inherit()),
+            Duration::from_secs(10),
+        );
         Server { child, addr }
     }
 

@@ -6,16 +6,19 @@
 //! Each test file includes this with `mod im_support;` and uses only part of it.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+#[path = "../support/listening.rs"]
+mod listening;
+
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use listening::spawn_listening;
 use serde_json::{json, Value};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::http::HeaderValue;
@@ -99,33 +102,10 @@ impl Server {
     /// Runs any `courier` command line (`courier echo …` too) and waits for its
     /// `listening on ADDR` line.
     pub fn run(mut command: Command) -> Server {
-        command.stdout(Stdio::piped());
-        let mut child = command.spawn().expect("spawn courier");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            for line in lines.by_ref() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(addr.trim().to_owned());
-                    break;
-                }
-            }
-            // Keep draining so the server never blocks on a full stdout pipe.
-            for _ in lines {}
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(15)) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                let status = child.wait();
-                panic!("{command:?} printed no `listening on` line (exit: {status:?})");
-            }
-        };
+        let (child, addr) = spawn_listening(&mut command, Duration::from_secs(15));
         Server {
             child,
-            addr: addr.parse().expect("`listening on` gives an address"),
+            addr,
             _dir: None,
         }
     }
