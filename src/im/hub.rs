@@ -313,6 +313,12 @@ impl Session {
         self.delivered - self.acked
     }
 
+    /// Asks the reactor to close the connection; nothing more is pushed to it.
+    fn close(&mut self, conn: ConnKey, code: u16, reason: &'static str, out: &mut Vec<Action>) {
+        self.closing = true;
+        out.push(Action::Close { conn, code, reason });
+    }
+
     /// Whether a request for the store may go now without overtaking one before it.
     /// Writes are answered in the order they reach the one writer, so they may overlap;
     /// reads run on any reader thread, so a read goes alone.
@@ -599,12 +605,7 @@ impl Hub {
             if !session.bucket.take(&self.config, now.mono) {
                 session.strikes += 1;
                 if session.strikes > self.config.rate_strikes {
-                    session.closing = true;
-                    out.push(Action::Close {
-                        conn,
-                        code: POLICY,
-                        reason: "request flood",
-                    });
+                    session.close(conn, POLICY, "request flood", out);
                     return;
                 }
                 let (rid, cid) = match &parsed {
@@ -1382,12 +1383,7 @@ impl Hub {
                 } else {
                     // Without its read this connection cannot go on in order; the client
                     // reconnects and syncs.
-                    session.closing = true;
-                    out.push(Action::Close {
-                        conn,
-                        code: SERVER_ERROR,
-                        reason: "store error",
-                    });
+                    session.close(conn, SERVER_ERROR, "store error", out);
                 }
                 return;
             }
@@ -1525,12 +1521,7 @@ impl Hub {
                         session.repush_wanted = true;
                         self.pump(conn, out);
                     } else {
-                        session.closing = true;
-                        out.push(Action::Close {
-                            conn,
-                            code: ACK_TIMEOUT,
-                            reason: "ack timeout",
-                        });
+                        session.close(conn, ACK_TIMEOUT, "ack timeout", out);
                         continue;
                     }
                 }
