@@ -1224,13 +1224,15 @@ impl Hub {
         let (mut own_frame, mut frame) = (None, None);
         for (user, seq) in &sent.deliveries {
             let own = *user == sent.from;
+            // Lent out of the user for the loop (nothing in it opens or closes a
+            // connection), so a fan-out allocates no copy of each member's list.
             let conns = match self.users.get_mut(user.as_str()) {
                 Some(entry) => {
                     entry.head = entry.head.max(*seq);
                     if entry.conns.is_empty() {
                         continue;
                     }
-                    entry.conns.clone()
+                    std::mem::take(&mut entry.conns)
                 }
                 None => {
                     let entry = User {
@@ -1246,13 +1248,15 @@ impl Hub {
             } else {
                 frame.get_or_insert_with(|| MsgFrame::new(&message(None)))
             };
-            let text = frame.with_seq(*seq);
-            for conn in conns {
+            for &conn in &conns {
                 if Some(conn) == origin && own {
                     self.sent_stands_in(conn, *seq);
                     continue;
                 }
-                self.offer(conn, *seq, &text, now.mono, out);
+                self.offer(conn, *seq, frame, now.mono, out);
+            }
+            if let Some(entry) = self.users.get_mut(user.as_str()) {
+                entry.conns = conns;
             }
         }
     }
@@ -1273,7 +1277,14 @@ impl Hub {
 
     /// Pushes `seq` to `conn` if it is the next one that connection expects and there is
     /// room; otherwise leaves it to the connection's catch-up read.
-    fn offer(&mut self, conn: ConnKey, seq: u64, text: &[u8], now: u64, out: &mut Vec<Action>) {
+    fn offer(
+        &mut self,
+        conn: ConnKey,
+        seq: u64,
+        frame: &MsgFrame,
+        now: u64,
+        out: &mut Vec<Action>,
+    ) {
         let Some(session) = self.sessions.get_mut(&conn) else {
             return;
         };
@@ -1283,12 +1294,15 @@ impl Hub {
             && session.queued_sync.is_none()
             && !session.repush_wanted;
         if ready && session.delivered + 1 == seq && session.has_room(&self.config) {
+            // Stamped here, only for a connection that takes it now: one allocation per
+            // push, none for one a catch-up read will bring up to date.
+            let text = frame.with_seq(seq);
+            session.pushed(seq, now, text.len());
             out.push(Action::Send {
                 conn,
-                text: text.to_vec(),
+                text,
                 traffic: Traffic::Push,
             });
-            session.pushed(seq, now, text.len());
             self.arm(conn);
         } else if seq > session.delivered {
             self.pump(conn, out);
