@@ -6,7 +6,9 @@
 Reads DATA_DIR/courier.db-wal frame by frame (only the frames of the current WAL
 generation: their salts match the header's), groups them into commits, and names the table
 or index every page belongs to (SQLite's dbstat, on a copy of the database and its WAL).
-Prints the frames per commit and per message stored in that generation, per B-tree.
+Prints the frames per commit, per B-tree. Divide by the messages per commit (the server's
+`courier_store_jobs_total` over `courier_store_batches_total` on /metrics) for the pages
+per message.
 
 The store's cost per message is the pages it writes: each frame is written to the WAL,
 checksummed, and copied back by the next checkpoint. This is how BENCHMARKS.md's notes
@@ -47,27 +49,18 @@ def commits(wal):
     return page_size, done
 
 
-def inspect(db):
-    """Page number -> name of the table or index it belongs to, and the messages stored in
-    this WAL generation. Works on copies: opening the original would run recovery on it."""
+def owners(db):
+    """Page number -> name of the table or index it belongs to, from copies (opening the
+    original would run recovery on it)."""
     with tempfile.TemporaryDirectory() as tmp:
         copy = os.path.join(tmp, "copy.db")
-        shutil.copy(db, copy)
-        # Without its WAL first: the database as the last checkpoint left it.
-        conn = sqlite3.connect(copy)
-        try:
-            before = conn.execute("SELECT coalesce(max(mid), 0) FROM messages").fetchone()[0]
-        finally:
-            conn.close()
         shutil.copy(db, copy)
         shutil.copy(db + "-wal", copy + "-wal")
         conn = sqlite3.connect(copy)
         try:
-            names = dict(conn.execute("SELECT pageno, name FROM dbstat"))
-            after = conn.execute("SELECT coalesce(max(mid), 0) FROM messages").fetchone()[0]
+            return dict(conn.execute("SELECT pageno, name FROM dbstat"))
         finally:
             conn.close()
-        return names, after - before
 
 
 def main():
@@ -81,18 +74,16 @@ def main():
     page_size, groups = commits(wal)
     if not groups:
         sys.exit("no complete commit in the WAL")
-    names, messages = inspect(db)
+    names = owners(db)
     per_tree = collections.Counter()
     for group in groups:
         for page in group:
             per_tree[names.get(page, "(free or new)")] += 1
     frames = sum(len(g) for g in groups)
-    print(f"{len(groups)} commits, {messages} messages, {frames} frames of {page_size} B: "
-          f"{frames / len(groups):.1f} frames per commit, "
-          f"{frames / max(messages, 1):.2f} per message")
-    print(f"  {'B-tree':32} {'per commit':>10} {'per message':>12}")
+    print(f"{len(groups)} commits, {frames} frames of {page_size} B, "
+          f"{frames / len(groups):.1f} frames per commit")
     for name, count in per_tree.most_common():
-        print(f"  {name:32} {count / len(groups):10.2f} {count / max(messages, 1):12.2f}")
+        print(f"  {name:32} {count / len(groups):7.2f} per commit")
 
 
 if __name__ == "__main__":
