@@ -603,9 +603,9 @@ impl<'a> Exposition<'a> {
     ///
     /// Bucket `i`'s `le` is its largest value, `2^(i+1) - 1` (over `unit`): `le` means
     /// "at most", so `2^(i+1)` itself, which the store puts in the next bucket, must not be
-    /// claimed. The last bucket has no finite top and only shows in `+Inf`. There is no
-    /// `_sum`: the store keeps none, and an estimate from bucket tops would be a made-up
-    /// figure (the format does not require it).
+    /// claimed. The last bucket has no finite top and only shows in `+Inf`. `_sum` is the
+    /// store's exact sum over `unit`: with `_count` it gives the mean, which the bucket tops
+    /// can only bound.
     pub fn pow2_histogram(&mut self, name: &str, help: &str, h: &store::Histogram, unit: f64) {
         self.family(name, help, Kind::Histogram);
         let last = store::BUCKETS - 1;
@@ -616,6 +616,7 @@ impl<'a> Exposition<'a> {
             *pair = (((2u64 << i) - 1) as f64 / unit, below);
         }
         self.buckets(name, pairs.into_iter());
+        self.sample(&suffixed(name, "_sum"), &[], h.sum as f64 / unit);
         self.sample(&suffixed(name, "_count"), &[], h.count());
     }
 
@@ -1336,7 +1337,7 @@ mod tests {
     fn store_histogram(values: &[u64]) -> store::Histogram {
         let mut h = store::Histogram::default();
         for &v in values {
-            h.buckets[store::Histogram::bucket(v)] += 1;
+            h.record(v);
         }
         h
     }
@@ -1357,7 +1358,8 @@ mod tests {
             assert_eq!(s.value, expect as f64, "le={le} unit={unit}");
         }
         assert_eq!(p.get("h_count", &[]), Some(values.len() as f64));
-        assert_eq!(p.get("h_sum", &[]), None);
+        let sum = values.iter().fold(0u64, |s, &v| s.saturating_add(v));
+        assert_eq!(p.get("h_sum", &[]), Some(sum as f64 / unit));
     }
 
     #[test]
@@ -1384,7 +1386,7 @@ mod tests {
         assert!(text.contains("s_bucket{le=\"0.000511\"} 3\n"), "{text}");
         assert!(text.contains("s_bucket{le=\"2147.483647\"} 3\n"), "{text}");
         assert!(
-            text.ends_with("s_bucket{le=\"+Inf\"} 3\ns_count 3\n"),
+            text.ends_with("s_bucket{le=\"+Inf\"} 3\ns_sum 0.000303\ns_count 3\n"),
             "{text}"
         );
     }

@@ -11,13 +11,20 @@ use std::time::Duration;
 pub const BUCKETS: usize = 32;
 
 /// A power-of-two histogram: bucket `i` counts values in `[2^i, 2^(i+1))`, except bucket 0,
-/// which also holds 0, and the last bucket, which holds everything above.
+/// which also holds 0, and the last bucket, which holds everything above. With the exact
+/// sum of the values (saturating), so a mean needs no guess from bucket tops.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Histogram {
     pub buckets: [u64; BUCKETS],
+    pub sum: u64,
 }
 
 impl Histogram {
+    pub fn record(&mut self, value: u64) {
+        self.buckets[Histogram::bucket(value)] += 1;
+        self.sum = self.sum.saturating_add(value);
+    }
+
     /// The bucket a value falls in.
     pub fn bucket(value: u64) -> usize {
         if value == 0 {
@@ -200,22 +207,64 @@ impl Counters {
     }
 }
 
-struct AtomicHistogram([AtomicU64; BUCKETS]);
+struct AtomicHistogram {
+    buckets: [AtomicU64; BUCKETS],
+    sum: AtomicU64,
+}
 
 impl Default for AtomicHistogram {
     fn default() -> Self {
-        AtomicHistogram(std::array::from_fn(|_| AtomicU64::new(0)))
+        AtomicHistogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum: AtomicU64::new(0),
+        }
     }
 }
 
 impl AtomicHistogram {
     fn record(&self, value: u64) {
-        self.0[Histogram::bucket(value)].fetch_add(1, Relaxed);
+        self.buckets[Histogram::bucket(value)].fetch_add(1, Relaxed);
+        // Saturating rather than wrapping: a duration that saturated to u64::MAX must not
+        // turn the sum small. One thread records each histogram, so the loop runs once.
+        let _ = self
+            .sum
+            .fetch_update(Relaxed, Relaxed, |sum| Some(sum.saturating_add(value)));
     }
 
     fn snapshot(&self) -> Histogram {
         Histogram {
-            buckets: std::array::from_fn(|i| self.0[i].load(Relaxed)),
+            buckets: std::array::from_fn(|i| self.buckets[i].load(Relaxed)),
+            sum: self.sum.load(Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sum_is_exact_and_saturates() {
+        let h = AtomicHistogram::default();
+        for v in [0, 1, 5, 1000] {
+            h.record(v);
+        }
+        assert_eq!(h.snapshot().sum, 1006);
+        assert_eq!(h.snapshot().count(), 4);
+        h.record(u64::MAX);
+        let snap = h.snapshot();
+        assert_eq!(
+            snap.sum,
+            u64::MAX,
+            "a saturated value must not wrap the sum"
+        );
+        assert_eq!(snap.count(), 5);
+
+        let mut plain = Histogram::default();
+        plain.record(u64::MAX);
+        plain.record(1);
+        assert_eq!(plain.sum, u64::MAX);
+        assert_eq!(plain.buckets[BUCKETS - 1], 1);
+        assert_eq!(plain.buckets[0], 1);
     }
 }
