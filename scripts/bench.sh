@@ -516,35 +516,34 @@ for round in $(seq "$rounds"); do
     done
 done
 
+# im_checked NAME WHAT ARGS...: one `courier-bench im` run against a fresh server, with ARGS
+# added; leaves its JSON summary in $json and stops everything on a failed run or check.
+im_checked() {
+    local name=$1 what=$2
+    shift 2
+    im_server
+    client im --url "ws://$addr/ws" --jwt-secret "$secret" --users "$im_users" \
+        --seconds "$seconds" "$@" --json \
+        >"$work/raw/$name.json" 2>"$work/raw/$name.err" || {
+        tail -n 20 "$work/raw/$name.err" >&2
+        die "courier-bench im ($what) failed (its check or the run)"
+    }
+    stop_server
+    json=$(tail -n 1 "$work/raw/$name.json")
+    [ "$(jget "$json" check.passed)" = true ] || die "im exactly-once check failed ($what)"
+}
+
 # The same at full speed with steady pairs: each user writes to 5 fixed contacts, as people
-# chat with a few, instead of nearly every message opening a new conversation.
+# chat with a few, instead of nearly every message opening a new conversation. And its
+# latency at 20,000 msg/s, the offered load of the random-pair latency rounds, so the two
+# tails can be compared.
 im_steady=()
 im_steady_20k=()
 for round in $(seq "$rounds"); do
-    im_server
-    client im --url "ws://$addr/ws" --jwt-secret "$secret" --users "$im_users" \
-        --seconds "$seconds" --contacts 5 --json \
-        >"$work/raw/im-steady-$round.json" 2>"$work/raw/im-steady-$round.err" || {
-        tail -n 20 "$work/raw/im-steady-$round.err" >&2
-        die "courier-bench im (steady pairs, round $round) failed (its check or the run)"
-    }
-    stop_server
-    json=$(tail -n 1 "$work/raw/im-steady-$round.json")
-    [ "$(jget "$json" check.passed)" = true ] || die "im exactly-once check failed"
+    im_checked "im-steady-$round" "steady pairs, round $round" --contacts 5
     im_steady+=("$(jget "$json" durable_msgs_per_sec)")
     log "  im steady pairs round $round: $(jget "$json" durable_msgs_per_sec) durable msg/s"
-    # And its latency at 20,000 msg/s: the same offered load as the random-pair latency
-    # rounds, so the two tails can be compared.
-    im_server
-    client im --url "ws://$addr/ws" --jwt-secret "$secret" --users "$im_users" \
-        --seconds "$seconds" --contacts 5 --rate 20000 --json \
-        >"$work/raw/im-steady-20k-$round.json" 2>"$work/raw/im-steady-20k-$round.err" || {
-        tail -n 20 "$work/raw/im-steady-20k-$round.err" >&2
-        die "courier-bench im (steady pairs at 20,000/s, round $round) failed (its check or the run)"
-    }
-    stop_server
-    json=$(tail -n 1 "$work/raw/im-steady-20k-$round.json")
-    [ "$(jget "$json" check.passed)" = true ] || die "im exactly-once check failed"
+    im_checked "im-steady-20k-$round" "steady pairs at 20,000/s, round $round" --contacts 5 --rate 20000
     im_steady_20k+=("$(jget "$json" durable_msgs_per_sec) $(jget "$json" sent_us.p50) $(jget "$json" sent_us.p99) $(jget "$json" recipient_us.p99)")
     log "  im steady pairs at 20k/s round $round: sent p99 $(jget "$json" sent_us.p99) us"
 done
