@@ -11,7 +11,8 @@
 #      100 x 20 B, 100 x 1 KiB, 200 x 16 KiB one message in flight per connection, and
 #      100 x 20 B, 100 x 1 KiB sixteen in flight; rounds alternating), with each server's
 #      user and kernel CPU per echoed message;
-#   2. start time, binary size and syscalls per echo (scripts/bench-basics.sh);
+#   2. start time, binary size and syscalls per echo (scripts/bench-basics.sh), and frame
+#      decode and unmask speed on one core (cargo bench --bench ws);
 #   3. connection capacity: IDLE_CONNECTIONS held by one process, idle echo and idle
 #      authenticated IM: the server's RSS per connection (courier-bench connect) and the
 #      kernel's memory per socket (/proc/slabinfo and /proc/net/sockstat, before and during);
@@ -354,8 +355,10 @@ busy() {
 # ---------------------------------------------------------------------------------------
 log "building release (courier, courier-bench) and the echo peer"
 cargo build --release --bins >&2
-# The peer too, now: bench-echo.sh would build it while the noise sampler watches.
+# The peer and the codec bench too, now: building them later would overlap with what the
+# noise sampler watches.
 cargo bench --no-run --bench echo_peer >&2
+cargo bench --no-run --bench ws >&2
 if [ ! -x "$courier" ] || [ ! -x "$bench" ]; then
     die "release binaries missing under $target_dir"
 fi
@@ -408,7 +411,7 @@ echo_round_rows=$(sed -n 's/^bench-echo.sh: row \([^,]*\): courier \(.*\); peer 
 
 # ---------------------------------------------------------------------------------------
 # 2. Start time, binary size, syscalls per echo.
-log "2/5 start time, binary size, syscalls per echo (scripts/bench-basics.sh)"
+log "2/5 start time, binary size, syscalls per echo (scripts/bench-basics.sh), frame codec (cargo bench --bench ws)"
 section basics
 SERVER_CORE=$server_core CLIENT_CORE=$client_core IDLE_CONNECTIONS=1000 \
     scripts/bench-basics.sh >"$work/raw/basics.txt" 2>"$work/raw/basics.err" || {
@@ -421,6 +424,19 @@ start_median=$(grep -o 'median [0-9]*' <<<"$start_line" | cut -d' ' -f2)
 syscalls_line=$(sed -n 's/^ *syscalls per echo (100 x 20 B) *//p' "$work/raw/basics.txt")
 syscalls=$(cut -d' ' -f1 <<<"$syscalls_line")
 binary_bytes=$(stat -c %s "$courier")
+# The frame codec on one core (benches/ws.rs, pinned like the servers): decode of small
+# masked frames, and unmasking a 64 KiB payload a word at a time.
+taskset -c "$server_core" cargo bench --bench ws >"$work/raw/ws.txt" 2>"$work/raw/ws.err" || {
+    cat "$work/raw/ws.txt" "$work/raw/ws.err" >&2
+    die "cargo bench --bench ws failed"
+}
+decode_mfps=$(awk '$1 == "frame" && $2 == "decode" && $3 == 16 { print $(NF - 2); exit }' "$work/raw/ws.txt")
+decode125_mfps=$(awk '$1 == "frame" && $2 == "decode" && $3 == 125 { print $(NF - 2); exit }' "$work/raw/ws.txt")
+unmask_gbps=$(awk '$1 == "unmask" && $2 == 65536 { print $4; exit }' "$work/raw/ws.txt")
+unmask_naive_gbps=$(awk '$1 == "unmask" && $2 == 65536 { print $7; exit }' "$work/raw/ws.txt")
+if [ -z "$decode_mfps" ] || [ -z "$unmask_gbps" ]; then
+    die "no figures in cargo bench --bench ws output"
+fi
 
 # ---------------------------------------------------------------------------------------
 # 3. Connection capacity: idle echo and idle authenticated IM connections.
@@ -750,6 +766,8 @@ best and median are both shown and the median is the figure to quote.
 | echo 100 x 1 KiB, depth 1, courier / tokio-tungstenite | ${echo1k_ratio}x | >= 1.3x (2) | $(verdict "$echo1k_ratio" 1.3 ">=") |
 | echo 200 x 16 KiB, depth 1, courier / tokio-tungstenite | ${echo16k_ratio}x | >= 1.0x (2) | $(verdict "$echo16k_ratio" 1.0 ">=") |
 | syscalls per echoed message (100 x 20 B) | $syscalls | <= 2.05 (2) | $(verdict "$syscalls" 2.05 "<=") |
+| frame decode, 16 B masked text frames, one core | $decode_mfps M frames/s | >= 10 M/s (2) | $(verdict "$decode_mfps" 10 ">=") |
+| unmask, 64 KiB | $unmask_gbps GB/s | >= 8 GB/s (2) | $(verdict "$unmask_gbps" 8 ">=") |
 | server RSS per idle echo connection ($(group3 "${echo_cap[0]}") held) | $(group3 "${echo_cap[1]}") B | <= 256 B (2) | $(verdict "${echo_cap[1]}" 256 "<=") |
 | server RSS per idle authenticated IM connection ($(group3 "${im_cap[0]}") held) | $(group3 "${im_cap[1]}") B | <= 1 KiB (3) | $(verdict "${im_cap[1]}" 1024 "<=") |
 | start to \`listening on\` | $(ms "$start_median") ms | < 50 ms (2) | $(verdict "$(ms "$start_median")" 50 "<=") |
@@ -800,16 +818,19 @@ SERVER_CORE=$server_core CLIENT_CORE=$client_core BENCH_SECONDS=$echo_seconds BE
 $echo_commands
 \`\`\`
 
-## Syscalls, start time, binary size
+## Syscalls, start time, binary size, frame codec
 
 | figure | value |
 |---|---|
 | syscalls per echoed message, 100 x 20 B (perf \`raw_syscalls:sys_enter\` on the server / messages echoed) | $syscalls_line |
 | start to \`listening on\` (process spawn included, 20 starts) | best $(ms "$start_best") ms, median $(ms "$start_median") ms |
 | release binary (\`target/release/courier\`, symbols kept, no debug info) | $(group3 "$binary_bytes") bytes ($(awk -v b="$binary_bytes" 'BEGIN { printf "%.1f", b / 1048576 }') MiB) |
+| frame decode, one core: 16 B / 125 B masked text frames | $decode_mfps / $decode125_mfps M frames/s |
+| unmask 64 KiB, one core: word at a time / byte at a time | $unmask_gbps / $unmask_naive_gbps GB/s |
 
 \`\`\`sh
 SERVER_CORE=$server_core CLIENT_CORE=$client_core IDLE_CONNECTIONS=1000 scripts/bench-basics.sh
+taskset -c $server_core cargo bench --bench ws
 \`\`\`
 
 ## Connection capacity
