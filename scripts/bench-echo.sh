@@ -150,7 +150,8 @@ measure() {
     t0=$(date +%s%N)
     output=$(taskset -c "$client_core" "$bench_client" echo --url "ws://$addr/" \
         --connections "$conns" --size "$size" --depth "$depth" --seconds "$seconds" --json) || {
-        log "courier-bench echo failed against $addr"
+        # To stderr: the caller captures stdout for the figures.
+        log "courier-bench echo failed against $addr" >&2
         exit 1
     }
     t1=$(date +%s%N)
@@ -158,7 +159,7 @@ measure() {
     rate=$(grep -oE '"msgs_per_sec":[0-9.]+' <<<"$output" | tail -n 1 | cut -d: -f2)
     total=$(grep -oE '"messages_total":[0-9]+' <<<"$output" | tail -n 1 | cut -d: -f2)
     if [ -z "$rate" ] || [ -z "$total" ] || [ "$total" = 0 ]; then
-        log "no msgs_per_sec or messages_total in courier-bench output:"
+        log "no msgs_per_sec or messages_total in courier-bench output:" >&2
         echo "$output" >&2
         exit 1
     fi
@@ -183,22 +184,32 @@ cpu_results=()
 for row in "${rows[@]}"; do
     read -r conns size depth goal <<<"$row"
     label="${conns} x ${size} B depth ${depth}"
-    c_rates=() c_user=() c_kern=()
-    p_rates=() p_user=() p_kern=()
+    c_rates=() c_user=() c_kern=() c_busy=()
+    p_rates=() p_user=() p_kern=() p_busy=()
+    ceilings=()
     for round in $(seq "$rounds"); do
         run=$(measure "$courier_addr" "$courier_pid" "$conns" "$size" "$depth")
         read -r rate user kern busy <<<"$run"
-        c_rates+=("$rate") c_user+=("$user") c_kern+=("$kern")
+        c_rates+=("$rate") c_user+=("$user") c_kern+=("$kern") c_busy+=("$busy")
         log "row $label, round $round/$rounds: courier $rate msg/s, us/msg user $user kernel $kern, server core ${busy}% busy"
         run=$(measure "$peer_addr" "$peer_pid" "$conns" "$size" "$depth")
         read -r rate user kern busy <<<"$run"
-        p_rates+=("$rate") p_user+=("$user") p_kern+=("$kern")
+        p_rates+=("$rate") p_user+=("$user") p_kern+=("$kern") p_busy+=("$busy")
         log "row $label, round $round/$rounds: peer $rate msg/s, us/msg user $user kernel $kern, server core ${busy}% busy"
+        # The ceiling from the two runs of one round: the machine's kernel cost per message
+        # drifts between minutes, and medians taken column by column could pair a fast
+        # minute's kernel time with a slow one's.
+        ceilings+=("$(awk -v cu="${c_user[-1]}" -v ck="${c_kern[-1]}" -v pu="$user" -v pk="$kern" \
+            'BEGIN { if (ck > 0) printf "%.4f", (pu + pk) / ck; else print "-" }')")
     done
     # bench.sh parses this line for its table of every round: keep the format in step.
     log "row $label: courier ${c_rates[*]}; peer ${p_rates[*]}"
     results+=("$conns $size $depth $(best_and_median "${c_rates[@]}") $(best_and_median "${p_rates[@]}") $goal")
-    cpu_results+=("$conns $size $depth $(median "${c_user[@]}") $(median "${c_kern[@]}") $(median "${p_user[@]}") $(median "${p_kern[@]}")")
+    ceiling=-
+    if ! printf '%s\n' "${ceilings[@]}" | grep -qx -- -; then
+        ceiling=$(median "${ceilings[@]}")
+    fi
+    cpu_results+=("$conns $size $depth $(median "${c_user[@]}") $(median "${c_kern[@]}") $(median "${c_busy[@]}") $(median "${p_user[@]}") $(median "${p_kern[@]}") $(median "${p_busy[@]}") $ceiling")
 done
 
 # bench.sh reads both tables below, telling them apart by their first lines.
@@ -222,18 +233,19 @@ echo "(msg/s; ratio = courier median / peer median; goal - = none, shown for wha
 echo
 echo "server CPU per echoed message: us, median of $rounds rounds, /proc/PID/stat" \
     "(${clk_tck} ticks/s) over each client run / its messages_total"
-printf '%-16s %5s %12s %12s %12s %12s %8s\n' "connections x B" "depth" "courier user" \
-    "courier kern" "peer user" "peer kern" "ceiling"
+printf '%-16s %5s %12s %12s %7s %12s %12s %7s %8s\n' "connections x B" "depth" "courier user" \
+    "courier kern" "busy %" "peer user" "peer kern" "busy %" "ceiling"
 for r in "${cpu_results[@]}"; do
-    read -r conns size depth cu ck pu pk <<<"$r"
-    awk -v c="$conns" -v s="$size" -v d="$depth" -v cu="$cu" -v ck="$ck" -v pu="$pu" \
-        -v pk="$pk" 'BEGIN {
-        ceiling = (ck > 0) ? sprintf("%.2fx", (pu + pk) / ck) : "-"
-        printf "%-16s %5s %12.3f %12.3f %12.3f %12.3f %8s\n", c " x " s, d, cu, ck, pu, pk, ceiling
+    read -r conns size depth cu ck cb pu pk pb ceiling <<<"$r"
+    awk -v c="$conns" -v s="$size" -v d="$depth" -v cu="$cu" -v ck="$ck" -v cb="$cb" \
+        -v pu="$pu" -v pk="$pk" -v pb="$pb" -v ceil="$ceiling" 'BEGIN {
+        printf "%-16s %5s %12.3f %12.3f %7.0f %12.3f %12.3f %7.0f %8s\n", c " x " s, d, cu, ck, cb,
+            pu, pk, pb, (ceil == "-") ? "-" : sprintf("%.2fx", ceil)
     }'
 done
-echo "(ceiling = (peer user + peer kernel) / courier kernel: the ratio courier would reach" \
-    "with no user-space time of its own, while both servers fill the server core)"
+echo "(ceiling = (peer user + peer kernel) / courier kernel, per round, median: the ratio" \
+    "courier would reach with no user-space time of its own and its kernel cost as it is," \
+    "while both servers fill the server core; busy % = the server's CPU over the run's wall time)"
 
 for pid in "${pids[@]}"; do
     if ! alive "$pid"; then

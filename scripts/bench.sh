@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every figure of BENCHMARKS.md, measured in one run on this machine and written into it.
 #
-#   scripts/bench.sh            # the full run: 3 rounds where it matters (about 10 minutes)
+#   scripts/bench.sh            # the full run: 3 rounds where it matters (about 8 minutes)
 #   scripts/bench.sh --quick    # one short round of everything (about 2 minutes), a smoke run
 #   scripts/bench.sh --no-write # measure and print, leave BENCHMARKS.md alone
 #
@@ -395,7 +395,7 @@ echo_rows=$(awk '/^echo throughput/ { t = 1 } /^server CPU per echoed message/ {
     t == 1 && $2 == "x" && $1 ~ /^[0-9]+$/ { sub(/x$/, "", $9); g = $10; sub(/^>=/, "", g); sub(/x$/, "", g)
         print $1, $3, $4, $5, $6, $7, $8, $9, g }' "$work/raw/echo.txt")
 echo_cpu_rows=$(awk '/^echo throughput/ { t = 1 } /^server CPU per echoed message/ { t = 2 }
-    t == 2 && $2 == "x" && $1 ~ /^[0-9]+$/ { sub(/x$/, "", $9); print $1, $3, $4, $5, $6, $7, $8, $9 }' \
+    t == 2 && $2 == "x" && $1 ~ /^[0-9]+$/ { sub(/x$/, "", $11); print $1, $3, $4, $5, $6, $7, $8, $9, $10, $11 }' \
     "$work/raw/echo.txt")
 [ -n "$echo_rows" ] || die "no throughput rows in scripts/bench-echo.sh output"
 [ -n "$echo_cpu_rows" ] || die "no CPU rows in scripts/bench-echo.sh output"
@@ -434,7 +434,7 @@ decode_mfps=$(awk '$1 == "frame" && $2 == "decode" && $3 == 16 { print $(NF - 2)
 decode125_mfps=$(awk '$1 == "frame" && $2 == "decode" && $3 == 125 { print $(NF - 2); exit }' "$work/raw/ws.txt")
 unmask_gbps=$(awk '$1 == "unmask" && $2 == 65536 { print $4; exit }' "$work/raw/ws.txt")
 unmask_naive_gbps=$(awk '$1 == "unmask" && $2 == 65536 { print $7; exit }' "$work/raw/ws.txt")
-if [ -z "$decode_mfps" ] || [ -z "$unmask_gbps" ]; then
+if [ -z "$decode_mfps" ] || [ -z "$decode125_mfps" ] || [ -z "$unmask_gbps" ] || [ -z "$unmask_naive_gbps" ]; then
     die "no figures in cargo bench --bench ws output"
 fi
 
@@ -724,7 +724,8 @@ echo_table=$(awk 'function g(n,   s, o) { s = sprintf("%.0f", n); o = ""
       printf "| %s | %s | %s | %s | %s | %s | %.2fx | %s | %s |\n", lab, $3, g($4), g($5), g($6), g($7), $8,
           goal, verdict }' <<<"$echo_rows")
 echo_cpu_table=$(awk '{ lab = $1 " x " ($2 >= 1024 ? $2 / 1024 " KiB" : $2 " B")
-      printf "| %s | %s | %.3f | %.3f | %.3f | %.3f | %sx |\n", lab, $3, $4, $5, $6, $7, $8 }' <<<"$echo_cpu_rows")
+      printf "| %s | %s | %.3f | %.3f | %s %% | %.3f | %.3f | %s %% | %s |\n", lab, $3, $4, $5, $6, $7, $8, $9,
+          ($10 == "-") ? "-" : $10 "x" }' <<<"$echo_cpu_rows")
 # The exact client command of every row, depth included.
 echo_commands=$(awk -v cc="$client_core" -v sec="$echo_seconds" '{
     printf "taskset -c %s courier-bench echo --url ws://ADDR/ --connections %s --size %s --depth %s --seconds %s --json\n", cc, $1, $2, $3, sec }' <<<"$echo_rows")
@@ -766,8 +767,8 @@ best and median are both shown and the median is the figure to quote.
 | echo 100 x 1 KiB, depth 1, courier / tokio-tungstenite | ${echo1k_ratio}x | >= 1.3x (2) | $(verdict "$echo1k_ratio" 1.3 ">=") |
 | echo 200 x 16 KiB, depth 1, courier / tokio-tungstenite | ${echo16k_ratio}x | >= 1.0x (2) | $(verdict "$echo16k_ratio" 1.0 ">=") |
 | syscalls per echoed message (100 x 20 B) | $syscalls | <= 2.05 (2) | $(verdict "$syscalls" 2.05 "<=") |
-| frame decode, 16 B masked text frames, one core | $decode_mfps M frames/s | >= 10 M/s (2) | $(verdict "$decode_mfps" 10 ">=") |
-| unmask, 64 KiB | $unmask_gbps GB/s | >= 8 GB/s (2) | $(verdict "$unmask_gbps" 8 ">=") |
+| frame decode, 16 B masked text frames, one core (best of 5 runs) | $decode_mfps M frames/s | >= 10 M/s (2) | $(verdict "$decode_mfps" 10 ">=") |
+| unmask, 64 KiB, one core (best of 5 runs) | $unmask_gbps GB/s | >= 8 GB/s (2) | $(verdict "$unmask_gbps" 8 ">=") |
 | server RSS per idle echo connection ($(group3 "${echo_cap[0]}") held) | $(group3 "${echo_cap[1]}") B | <= 256 B (2) | $(verdict "${echo_cap[1]}" 256 "<=") |
 | server RSS per idle authenticated IM connection ($(group3 "${im_cap[0]}") held) | $(group3 "${im_cap[1]}") B | <= 1 KiB (3) | $(verdict "${im_cap[1]}" 1024 "<=") |
 | start to \`listening on\` | $(ms "$start_median") ms | < 50 ms (2) | $(verdict "$(ms "$start_median")" 50 "<=") |
@@ -796,12 +797,15 @@ $echo_table
 Server CPU per echoed message, in µs: each server's user and kernel time from
 \`/proc/PID/stat\` (all threads, ${clk_tck} ticks/s) read right before and right after every
 client run, divided by the messages the client counted in that run (warmup included); the
-median over the rounds. The kernel ceiling is (peer user + peer kernel) / courier kernel:
-the ratio courier / peer would reach if courier spent no user-space time at all, with both
-servers filling the server core.
+median over the rounds. Core busy is the server's CPU time over the run's wall time. The
+kernel ceiling is (peer user + peer kernel) / courier kernel, taken per round (courier's and
+the peer's run of the same round) and then the median: the ratio courier / peer would reach
+if courier spent no user-space time at all and its kernel time per message stayed as it is,
+with both servers filling the server core. Both kernel times drift with the machine from
+minute to minute, which is why the rounds alternate.
 
-| connections x size | depth | courier user | courier kernel | peer user | peer kernel | kernel ceiling |
-|---|---|---|---|---|---|---|
+| connections x size | depth | courier user | courier kernel | courier core busy | peer user | peer kernel | peer core busy | kernel ceiling |
+|---|---|---|---|---|---|---|---|---|
 $echo_cpu_table
 
 Every round, in the order run (courier and peer alternate within a round):

@@ -1435,6 +1435,12 @@ mod tests {
             Some(2.0)
         );
         assert_eq!(p.get("courier_store_commit_seconds_count", &[]), Some(3.0));
+        // The exact sum in seconds (150 µs + 2 ms + 2 s), and for a count the sum as is.
+        assert_eq!(
+            p.get("courier_store_commit_seconds_sum", &[]),
+            Some(2_002_150.0 / 1e6)
+        );
+        assert_eq!(p.get("courier_store_batch_size_sum", &[]), Some(25.0));
         assert_conventions(&p);
     }
 
