@@ -16,6 +16,7 @@ pub mod net;
 pub mod serve;
 pub mod signal;
 pub mod store;
+pub mod user_id;
 pub mod web;
 pub mod ws;
 

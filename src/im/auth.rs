@@ -28,8 +28,7 @@ pub const LEEWAY: u64 = 30;
 /// per attempt, whatever the request head allows.
 pub const MAX_TOKEN_LEN: usize = 4096;
 
-/// The longest user id, in bytes (PROTOCOL.md: 1 to 64 bytes of `[A-Za-z0-9_.-]`).
-pub const MAX_USER_ID_LEN: usize = 64;
+pub use crate::user_id::{valid_user_id, MAX_USER_ID_LEN};
 
 /// base64url of `{"alg":"HS256","typ":"JWT"}`, the one header [`issue`] writes; a constant
 /// so issuing a token does not serialise and encode the same bytes every time.
@@ -88,14 +87,6 @@ impl fmt::Display for AuthError {
 }
 
 impl std::error::Error for AuthError {}
-
-/// Whether `id` is a user id: 1 to [`MAX_USER_ID_LEN`] bytes of `[A-Za-z0-9_.-]`.
-pub fn valid_user_id(id: &str) -> bool {
-    (1..=MAX_USER_ID_LEN).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-}
 
 /// Verifies an HS256 token against `secret` at time `now_secs` (Unix seconds) and returns
 /// its claims. The checks run cheapest and least trusting first: length, shape, header
@@ -713,35 +704,6 @@ mod tests {
             err(&issue(r#"a","sub":"admin"#, 60, SECRET, NOW)),
             AuthError::BadSubject
         );
-    }
-
-    #[test]
-    fn user_ids() {
-        for ok in [
-            "a",
-            "Z",
-            "0",
-            "_",
-            ".",
-            "-",
-            "alice.b-c_9",
-            "x".repeat(64).as_str(),
-        ] {
-            assert!(valid_user_id(ok), "{ok:?}");
-        }
-        for bad in [
-            "",
-            "x".repeat(65).as_str(),
-            "a/b",
-            "a:b",
-            "a b",
-            "a@b",
-            "\u{e9}",
-            "a+b",
-            "a\tb",
-        ] {
-            assert!(!valid_user_id(bad), "{bad:?}");
-        }
     }
 
     #[test]

@@ -11,6 +11,8 @@ use std::collections::HashSet;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::user_id::valid_user_id;
+
 use super::groups::Groups;
 use super::schema::get_u64;
 use super::writer::{Fail, Users};
@@ -48,15 +50,6 @@ impl<'a> ConvId<'a> {
             (false, false) => Err(()),
         }
     }
-}
-
-/// PROTOCOL.md's user id: 1 to 64 bytes of `[A-Za-z0-9_.-]`. The store takes the ids of
-/// its jobs as the hub checked them, but a conversation id comes from a client verbatim.
-fn valid_user_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 /// A gid as the server writes it: plain decimal, no sign, no leading zero, so one group
