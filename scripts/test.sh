@@ -5,8 +5,8 @@
 #
 # Works on a fresh Debian machine with only the Rust toolchain: whatever else it needs
 # (rustfmt and clippy components, cargo-fuzz, Python's venv for the Autobahn runner,
-# Node.js, the npm packages of package-lock.json, Debian's chromium) it installs on first
-# use. Takes well under 20 minutes on 2 cores.
+# Debian's shellcheck, Node.js, the npm packages of package-lock.json, Debian's chromium)
+# it installs on first use. Takes well under 20 minutes on 2 cores.
 #
 # Environment:
 #   FUZZ_SECONDS   seconds per fuzz target (default 20)
@@ -62,6 +62,17 @@ done_section
 
 section "lint (cargo clippy --all-targets -D warnings)"
 cargo clippy --all-targets -- -D warnings
+done_section
+
+section "shell scripts (shellcheck -S warning)"
+# The benchmark scripts run nowhere else in this suite: a quoting or parsing slip in them
+# would only show in the next full benchmark run.
+if ! command -v shellcheck >/dev/null 2>&1; then
+    sudo_if_needed apt-get update -qq
+    sudo_if_needed apt-get install -y -qq shellcheck
+fi
+shellcheck --version | sed -n 2p
+shellcheck -S warning scripts/*.sh .ci/run
 done_section
 
 section "unit and integration tests (cargo test)"
