@@ -496,33 +496,47 @@ stop_server
 # 4. IM: durable msg/s at full speed and latency at 20,000 msg/s offered.
 log "4/5 IM: $im_users users, $rounds round(s) of ${seconds}s at full speed and at 20,000 msg/s"
 section im
+# im_checked NAME WHAT ARGS...: one `courier-bench im` run against a fresh server, with ARGS
+# added; leaves its JSON summary in $json, the reactor's and the store writer's CPU ticks
+# before and after the run in r0/r1 and w0/w1, and stops everything on a failed run or
+# check. With jobs_file set, it also records the server's count of committed write jobs
+# (one per message) once a second there, for the throughput-over-time chart.
+im_checked() {
+    local name=$1 what=$2
+    shift 2
+    im_server
+    if [ -n "${jobs_file:-}" ]; then
+        sample_counter "$addr" courier_store_jobs_total >"$jobs_file" &
+        counter_pid=$!
+    fi
+    r0=$(thread_ticks "$server_pid" courier)
+    w0=$(thread_ticks "$server_pid" courier-store-w)
+    client im --url "ws://$addr/ws" --jwt-secret "$secret" --users "$im_users" \
+        --seconds "$seconds" "$@" --json \
+        >"$work/raw/$name.json" 2>"$work/raw/$name.err" || {
+        tail -n 20 "$work/raw/$name.err" >&2
+        die "courier-bench im ($what) failed (its check or the run)"
+    }
+    if [ -n "$counter_pid" ]; then
+        kill "$counter_pid" 2>/dev/null || true
+        wait "$counter_pid" 2>/dev/null || true
+        counter_pid=""
+    fi
+    r1=$(thread_ticks "$server_pid" courier)
+    w1=$(thread_ticks "$server_pid" courier-store-w)
+    stop_server
+    json=$(tail -n 1 "$work/raw/$name.json")
+    [ "$(jget "$json" check.passed)" = true ] || die "im exactly-once check failed ($what)"
+}
+
 im_max=()
 im_20k=()
 for round in $(seq "$rounds"); do
     for load in max 20k; do
         rate=0
         [ "$load" = 20k ] && rate=20000
-        im_server
-        # The server's own count of committed write jobs (one per message), for the
-        # throughput-over-time chart.
-        sample_counter "$addr" courier_store_jobs_total >"$work/raw/im-$load-$round.jobs" &
-        counter_pid=$!
-        r0=$(thread_ticks "$server_pid" courier)
-        w0=$(thread_ticks "$server_pid" courier-store-w)
-        client im --url "ws://$addr/ws" --jwt-secret "$secret" --users "$im_users" \
-            --seconds "$seconds" --rate "$rate" --json \
-            >"$work/raw/im-$load-$round.json" 2>"$work/raw/im-$load-$round.err" || {
-            tail -n 20 "$work/raw/im-$load-$round.err" >&2
-            die "courier-bench im ($load, round $round) failed (its check or the run)"
-        }
-        kill "$counter_pid" 2>/dev/null || true
-        wait "$counter_pid" 2>/dev/null || true
-        counter_pid=""
-        r1=$(thread_ticks "$server_pid" courier)
-        w1=$(thread_ticks "$server_pid" courier-store-w)
-        stop_server
-        json=$(tail -n 1 "$work/raw/im-$load-$round.json")
-        [ "$(jget "$json" check.passed)" = true ] || die "im exactly-once check failed"
+        jobs_file="$work/raw/im-$load-$round.jobs" \
+            im_checked "im-$load-$round" "$load, round $round" --rate "$rate"
         confirmed=$(jget "$json" messages.confirmed)
         # Server CPU per message over the whole run: the reactor, the store writer.
         cpu="$(awk -v t=$((r1 - r0)) -v c="$clk_tck" -v m="$confirmed" 'BEGIN { printf "%.2f", t / c * 1e6 / m }') $(awk -v t=$((w1 - w0)) -v c="$clk_tck" -v m="$confirmed" 'BEGIN { printf "%.2f", t / c * 1e6 / m }')"
@@ -531,23 +545,6 @@ for round in $(seq "$rounds"); do
         log "  im $load round $round: $(cut -d' ' -f1 <<<"$row") durable msg/s, recipient p99 $(cut -d' ' -f7 <<<"$row") us"
     done
 done
-
-# im_checked NAME WHAT ARGS...: one `courier-bench im` run against a fresh server, with ARGS
-# added; leaves its JSON summary in $json and stops everything on a failed run or check.
-im_checked() {
-    local name=$1 what=$2
-    shift 2
-    im_server
-    client im --url "ws://$addr/ws" --jwt-secret "$secret" --users "$im_users" \
-        --seconds "$seconds" "$@" --json \
-        >"$work/raw/$name.json" 2>"$work/raw/$name.err" || {
-        tail -n 20 "$work/raw/$name.err" >&2
-        die "courier-bench im ($what) failed (its check or the run)"
-    }
-    stop_server
-    json=$(tail -n 1 "$work/raw/$name.json")
-    [ "$(jget "$json" check.passed)" = true ] || die "im exactly-once check failed ($what)"
-}
 
 # The same at full speed with steady pairs: each user writes to 5 fixed contacts, as people
 # chat with a few, instead of nearly every message opening a new conversation. And its
