@@ -17,7 +17,9 @@
 #      authenticated IM: the server's RSS per connection (courier-bench connect) and the
 #      kernel's memory per socket (/proc/slabinfo and /proc/net/sockstat, before and during);
 #   4. IM: durable msg/s as fast as possible and latency at 20,000 msg/s offered
-#      (courier-bench im, 1,000 users, a fresh server and data folder per run);
+#      (courier-bench im, 1,000 users, a fresh server and data folder per run), the paced
+#      steady-pair rounds once more with the data folder on tmpfs (the disk's share of the
+#      tail) and the bytes written for the disk per message;
 #   5. group fan-out: 1,000 members, deliveries/s (courier-bench fanout), and the server's
 #      reactor and store-writer CPU per delivery and per group message;
 # and writes BENCHMARKS.md: tables with best and median, the machine, the date, the commit,
@@ -86,6 +88,12 @@ die() {
 
 started=$SECONDS
 work=$(mktemp -d "${TMPDIR:-/tmp}/courier-bench.XXXXXX")
+# A data folder in memory, for the rounds that take the disk out of the figure: tmpfs, whose
+# fsync is a no-op. Empty when /dev/shm is not a tmpfs; those rounds are then skipped.
+memory_dir=""
+if [ "$(stat -f -c %T /dev/shm 2>/dev/null)" = tmpfs ]; then
+    memory_dir=$(mktemp -d /dev/shm/courier-bench.XXXXXX)
+fi
 charts=${charts:-$work/charts}
 mkdir -p "$work/raw" "$charts"
 server_pid=""
@@ -102,6 +110,7 @@ cleanup() {
         wait "$sampler_pid" 2>/dev/null || true
     fi
     rm -rf "$work"
+    if [ -n "$memory_dir" ]; then rm -rf "$memory_dir"; fi
 }
 trap cleanup EXIT
 
@@ -180,8 +189,10 @@ stop_server() {
 
 # im_server: a fresh `courier serve` (new data folder) with the run's secret and a request
 # limit far above the load (the default 200/s per connection would measure the limiter).
+# im_server: a fresh `courier serve`; its data folder goes under $data_parent when set (the
+# tmpfs rounds), else under $work (the disk the machine runs on).
 im_server() {
-    data_dir="$work/data.$RANDOM$RANDOM"
+    data_dir="${data_parent:-$work}/data.$RANDOM$RANDOM"
     start_server serve serve --listen 127.0.0.1:0 --data "$data_dir" --jwt-secret "$secret" \
         --rate 1000000
 }
@@ -498,7 +509,9 @@ log "4/5 IM: $im_users users, $rounds round(s) of ${seconds}s at full speed and 
 section im
 # im_checked NAME WHAT ARGS...: one `courier-bench im` run against a fresh server, with ARGS
 # added; leaves its JSON summary in $json, the reactor's and the store writer's CPU ticks
-# before and after the run in r0/r1 and w0/w1, and stops everything on a failed run or
+# before and after the run in r0/r1 and w0/w1, the bytes the server dirtied for the disk over
+# its life in disk_bytes (/proc/PID/io write_bytes: the WAL and the copies back into the
+# database; nothing on tmpfs), and stops everything on a failed run or
 # check. With jobs_file set, it also records the server's count of committed write jobs
 # (one per message) once a second there, for the throughput-over-time chart.
 im_checked() {
@@ -524,6 +537,7 @@ im_checked() {
     fi
     r1=$(thread_ticks "$server_pid" courier)
     w1=$(thread_ticks "$server_pid" courier-store-w)
+    disk_bytes=$(awk '$1 == "write_bytes:" { print $2 }' /proc/"$server_pid"/io)
     stop_server
     json=$(tail -n 1 "$work/raw/$name.json")
     [ "$(jget "$json" check.passed)" = true ] || die "im exactly-once check failed ($what)"
@@ -550,15 +564,25 @@ done
 # chat with a few, instead of nearly every message opening a new conversation. And its
 # latency at 20,000 msg/s, the offered load of the random-pair latency rounds, so the two
 # tails can be compared.
+# Each paced round runs twice: the data folder on the disk, then in memory (tmpfs, where fsync
+# costs nothing), so that the difference in tail is the disk's share.
 im_steady=()
 im_steady_20k=()
+im_steady_20k_memory=()
 for round in $(seq "$rounds"); do
     im_checked "im-steady-$round" "steady pairs, round $round" --contacts 5
     im_steady+=("$(jget "$json" durable_msgs_per_sec)")
     log "  im steady pairs round $round: $(jget "$json" durable_msgs_per_sec) durable msg/s"
     im_checked "im-steady-20k-$round" "steady pairs at 20,000/s, round $round" --contacts 5 --rate 20000
-    im_steady_20k+=("$(jget "$json" durable_msgs_per_sec) $(jget "$json" sent_us.p50) $(jget "$json" sent_us.p99) $(jget "$json" recipient_us.p99)")
-    log "  im steady pairs at 20k/s round $round: sent p99 $(jget "$json" sent_us.p99) us"
+    kib_per_msg=$(awk -v b="$disk_bytes" -v m="$(jget "$json" messages.confirmed)" 'BEGIN { printf "%.1f", b / 1024 / m }')
+    im_steady_20k+=("$(jget "$json" durable_msgs_per_sec) $(jget "$json" sent_us.p50) $(jget "$json" sent_us.p99) $(jget "$json" recipient_us.p99) $kib_per_msg")
+    log "  im steady pairs at 20k/s round $round: sent p99 $(jget "$json" sent_us.p99) us, $kib_per_msg KiB written per message"
+    if [ -n "$memory_dir" ]; then
+        data_parent=$memory_dir im_checked "im-steady-20k-memory-$round" \
+            "steady pairs at 20,000/s, data on tmpfs, round $round" --contacts 5 --rate 20000
+        im_steady_20k_memory+=("$(jget "$json" durable_msgs_per_sec) $(jget "$json" sent_us.p50) $(jget "$json" sent_us.p99) $(jget "$json" recipient_us.p99)")
+        log "  im steady pairs at 20k/s on tmpfs round $round: sent p99 $(jget "$json" sent_us.p99) us"
+    fi
 done
 
 # column I of a list of rows
@@ -646,6 +670,13 @@ im20_rate=$(col 1 "${im_20k[@]}" | median)
 steady20_sent_p50=$(col 2 "${im_steady_20k[@]}" | median)
 steady20_sent_p99=$(col 3 "${im_steady_20k[@]}" | median)
 steady20_rcpt_p99=$(col 4 "${im_steady_20k[@]}" | median)
+steady20_kib=$(col 5 "${im_steady_20k[@]}" | median)
+memory20_sent_p99=n/a
+memory20_rcpt_p99=n/a
+if [ ${#im_steady_20k_memory[@]} -gt 0 ]; then
+    memory20_sent_p99=$(ms "$(col 3 "${im_steady_20k_memory[@]}" | median)")
+    memory20_rcpt_p99=$(ms "$(col 4 "${im_steady_20k_memory[@]}" | median)")
+fi
 read -r fan_best fan_median < <(col 1 "${fan[@]}" | best_median)
 fan_sends=$(col 2 "${fan[@]}" | median)
 fan_reactor_us=$(col 7 "${fan[@]}" | median)
@@ -775,6 +806,8 @@ best and median are both shown and the median is the figure to quote.
 | IM send -> recipient p99 at 20,000 msg/s offered | $(ms "$im20_rcpt_p99") ms | <= 10 ms (3) | $(verdict "$(ms "$im20_rcpt_p99")" 10 "<=") |
 | IM send -> \`sent\` p99 at 20,000 msg/s offered, 5 contacts each | $(ms "$steady20_sent_p99") ms | <= 10 ms (3) | $(verdict "$(ms "$steady20_sent_p99")" 10 "<=") |
 | IM send -> recipient p99 at 20,000 msg/s offered, 5 contacts each | $(ms "$steady20_rcpt_p99") ms | <= 10 ms (3) | $(verdict "$(ms "$steady20_rcpt_p99")" 10 "<=") |
+| the same, data folder on tmpfs (no disk): send -> \`sent\` p99, send -> recipient p99 | $memory20_sent_p99 ms, $memory20_rcpt_p99 ms | (the disk's share) | |
+| bytes the server writes for the disk per message, 20,000 msg/s, 5 contacts each | $steady20_kib KiB | | |
 | group fan-out deliveries/s, $fan_members members, one reactor core | $(group3 "$fan_median") | >= 1,000,000 (4) | $(verdict "$fan_median" 1000000 ">=") |
 
 ## Echo throughput
@@ -912,6 +945,15 @@ $(col 3 "${im_steady_20k[@]}" | awk '{ printf "%s%.1f", (NR > 1 ? ", " : ""), $1
 pairs open a new conversation with nearly every message, and each new one costs two
 conversation rows and a fresh place in the history index: pages the store writes that a
 running conversation shares.
+
+Every paced steady-pair round also ran a second time with the data folder on tmpfs
+(\`/dev/shm\`, where fsync costs nothing), the same binary and load: send -> \`sent\` p99
+$memory20_sent_p99 ms there (per round, in ms: $(if [ ${#im_steady_20k_memory[@]} -gt 0 ]; then col 3 "${im_steady_20k_memory[@]}" | awk '{ printf "%s%.1f", (NR > 1 ? ", " : ""), $1 / 1000 }'; else echo none, /dev/shm is no tmpfs here; fi)),
+against $(ms "$steady20_sent_p99") ms on the disk. The difference is the disk's share of the tail. On the
+disk the server dirtied $steady20_kib KiB per message for writing back (\`write_bytes\` of
+\`/proc/PID/io\` over the run, divided by the confirmed messages): the WAL frames of the B-tree
+leaves each message touches and their copies back into the database, about
+$(awk -v k="$steady20_kib" 'BEGIN { printf "%.0f", k * 20000 / 1024 }') MiB/s at 20,000 msg/s, all of which the checkpoints fsync.
 
 ## Group fan-out
 
