@@ -11,8 +11,10 @@
 # (these vary by ±20% from minute to minute) hits both alike. A figure-printing harness,
 # not a test. It prints two tables:
 #
-#   - throughput: best and median msg/s of each server and the ratio of the medians
-#     against the row's goal;
+#   - throughput: best and median msg/s of each server, and the ratio against the row's
+#     goal: courier / peer within each round (its two runs are back to back), the median
+#     over the rounds. A ratio of the two medians would pair runs from different minutes,
+#     and this VM's kernel switches its cost per message between minutes;
 #   - server CPU per echoed message: user and kernel µs per message of each server, from
 #     /proc/PID/stat (utime and stime, all threads) sampled right before and right after
 #     each client run, divided by the client's messages_total (every message echoed in
@@ -186,7 +188,7 @@ for row in "${rows[@]}"; do
     label="${conns} x ${size} B depth ${depth}"
     c_rates=() c_user=() c_kern=() c_busy=()
     p_rates=() p_user=() p_kern=() p_busy=()
-    ceilings=()
+    ceilings=() ratios=()
     for round in $(seq "$rounds"); do
         run=$(measure "$courier_addr" "$courier_pid" "$conns" "$size" "$depth")
         read -r rate user kern busy <<<"$run"
@@ -199,12 +201,13 @@ for row in "${rows[@]}"; do
         # The ceiling from the two runs of one round: the machine's kernel cost per message
         # drifts between minutes, and medians taken column by column could pair a fast
         # minute's kernel time with a slow one's.
+        ratios+=("$(awk -v c="${c_rates[-1]}" -v p="$rate" 'BEGIN { printf "%.4f", (p > 0) ? c / p : 0 }')")
         ceilings+=("$(awk -v cu="${c_user[-1]}" -v ck="${c_kern[-1]}" -v pu="$user" -v pk="$kern" \
             'BEGIN { if (ck > 0) printf "%.4f", (pu + pk) / ck; else print "-" }')")
     done
     # bench.sh parses this line for its table of every round: keep the format in step.
     log "row $label: courier ${c_rates[*]}; peer ${p_rates[*]}"
-    results+=("$conns $size $depth $(best_and_median "${c_rates[@]}") $(best_and_median "${p_rates[@]}") $goal")
+    results+=("$conns $size $depth $(best_and_median "${c_rates[@]}") $(best_and_median "${p_rates[@]}") $goal $(median "${ratios[@]}")")
     ceiling=-
     if ! printf '%s\n' "${ceilings[@]}" | grep -qx -- -; then
         ceiling=$(median "${ceilings[@]}")
@@ -219,16 +222,16 @@ echo "echo throughput: ${seconds}s per run, $rounds rounds alternating," \
 printf '%-16s %5s %12s %12s %12s %12s %8s %8s\n' "connections x B" "depth" "courier best" \
     "courier med" "peer best" "peer med" "ratio" "goal"
 for r in "${results[@]}"; do
-    read -r conns size depth c_best c_med p_best p_med goal <<<"$r"
+    read -r conns size depth c_best c_med p_best p_med goal ratio <<<"$r"
     awk -v c="$conns" -v s="$size" -v d="$depth" -v cb="$c_best" -v cm="$c_med" \
-        -v pb="$p_best" -v pm="$p_med" -v w="$goal" 'BEGIN {
-        ratio = (pm > 0) ? cm / pm : 0
+        -v pb="$p_best" -v pm="$p_med" -v w="$goal" -v ratio="$ratio" 'BEGIN {
         printf "%-16s %5s %12.0f %12.0f %12.0f %12.0f %7.2fx %8s %s\n", c " x " s, d, cb, cm,
             pb, pm, ratio, (w == "-") ? "-" : ">=" w "x",
             (w == "-") ? "-" : (ratio >= w) ? "met" : "MISSED"
     }'
 done
-echo "(msg/s; ratio = courier median / peer median; goal - = none, shown for what it tells)"
+echo "(msg/s; ratio = courier / peer per round (the two runs of a round are back to back)," \
+    "median over the rounds; goal - = none, shown for what it tells)"
 
 echo
 echo "server CPU per echoed message: us, median of $rounds rounds, /proc/PID/stat" \

@@ -641,7 +641,7 @@ elapsed=$((SECONDS - started))
 
 # ---------------------------------------------------------------------------------------
 # Figures.
-# echo_ratio CONNECTIONS SIZE DEPTH: the ratio of medians of that row (the headline goals are
+# echo_ratio CONNECTIONS SIZE DEPTH: the ratio courier / peer of that row (median of the per-round ratios) (the headline goals are
 # the depth 1 rows, wherever they stand among the others).
 echo_ratio() {
     local r
@@ -820,7 +820,7 @@ courier and peer. The goals are for one message in flight; the rows without a go
 in flight and show what the servers do with pipelined messages. Other work was running on the machine
 during $(busy echo) of this section. Messages per second:
 
-| connections x size | depth | courier best | courier median | peer best | peer median | ratio (medians) | goal | |
+| connections x size | depth | courier best | courier median | peer best | peer median | ratio (median of rounds) | goal | |
 |---|---|---|---|---|---|---|---|---|
 $echo_table
 
