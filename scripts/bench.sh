@@ -539,10 +539,13 @@ im_checked() {
     w1=$(thread_ticks "$server_pid" courier-store-w)
     disk_bytes=$(awk '$1 == "write_bytes:" { print $2 }' /proc/"$server_pid"/io)
     stop_server
+    # The server's shutdown line: the group-commit batch sizes and commit times of the run.
+    store_lines+=("$(printf '%-24s %s' "$name" "$(sed -n 's/.*\(store: [0-9]* jobs in .*\)/\1/p' "$work/serve.err" | tail -n 1)")")
     json=$(tail -n 1 "$work/raw/$name.json")
     [ "$(jget "$json" check.passed)" = true ] || die "im exactly-once check failed ($what)"
 }
 
+store_lines=()
 im_max=()
 im_20k=()
 for round in $(seq "$rounds"); do
@@ -945,6 +948,13 @@ $(col 3 "${im_steady_20k[@]}" | awk '{ printf "%s%.1f", (NR > 1 ? ", " : ""), $1
 pairs open a new conversation with nearly every message, and each new one costs two
 conversation rows and a fresh place in the history index: pages the store writes that a
 running conversation shares.
+
+Group commit, as each server reported it at shutdown (batch sizes in jobs, one job per
+message; quantiles are power-of-two bucket bounds):
+
+\`\`\`
+$(printf '%s\n' "${store_lines[@]}")
+\`\`\`
 
 Every paced steady-pair round also ran a second time with the data folder on tmpfs
 (\`/dev/shm\`, where fsync costs nothing), the same binary and load: send -> \`sent\` p99
