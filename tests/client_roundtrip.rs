@@ -4,11 +4,10 @@
 //!
 //! Every wait here has a deadline; the server is killed when its guard drops.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use courier::client::blocking::now_ms;
@@ -16,6 +15,10 @@ use courier::client::session::{Msg, Sent};
 use courier::client::{Client, Config, Device, DeviceOptions, Error, Event, Frame, Session};
 use courier::ws::frame::{write_close, write_frame, OpCode};
 use courier::ws::handshake::accept_key;
+
+#[path = "support/listening.rs"]
+mod listening;
+use listening::spawn_listening;
 
 /// Fixed, so tokens stay valid across a restart (dev login alone picks a random one).
 const SECRET: &str = "client-roundtrip-test-secret-0123456789abcdef";
@@ -47,12 +50,16 @@ impl Drop for TempDir {
 struct Server {
     child: Child,
     addr: SocketAddr,
-    stderr: Arc<Mutex<String>>,
+    /// The server's stderr, shown when a test fails: a file in its data folder.
+    stderr: PathBuf,
 }
 
 impl Server {
     fn start(data: &Path, listen: &str, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_courier"))
+        let stderr = data.join("server-stderr.log");
+        let log = std::fs::File::create(&stderr).expect("create the server's stderr log");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_courier"));
+        command
             .arg("serve")
             .args([
                 "--listen",
@@ -66,47 +73,18 @@ impl Server {
             .arg(data)
             .args(extra)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn courier serve");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err_pipe = child.stderr.take().expect("piped stderr");
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = err_pipe.read_to_string(&mut text);
-            sink.lock().unwrap().push_str(&text);
-        });
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            for line in lines.by_ref() {
-                let Ok(line) = line else { return };
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(addr.trim().to_owned());
-                    break;
-                }
-            }
-            // A server blocked on a full stdout pipe would look like a hang.
-            for _ in lines {}
-        });
-        match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(addr) => Server {
+            .stderr(log);
+        let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            spawn_listening(&mut command, Duration::from_secs(10))
+        }));
+        match started {
+            Ok((child, addr)) => Server {
                 child,
-                addr: addr.parse().expect("address in `listening on`"),
+                addr,
                 stderr,
             },
-            Err(_) => {
-                let _ = child.kill();
-                let status = child.wait();
-                std::thread::sleep(Duration::from_millis(100));
-                panic!(
-                    "courier serve never printed `listening on` ({status:?}): {}",
-                    stderr.lock().unwrap()
-                );
-            }
+            // spawn_listening has killed and reaped the server, so its log is complete.
+            Err(_) => panic!("courier serve did not start: {}", read_log(&stderr)),
         }
     }
 
@@ -168,11 +146,14 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
-            // Give the pipe reader a moment to see EOF, then show why the server was unhappy.
-            std::thread::sleep(Duration::from_millis(50));
-            eprintln!("courier serve stderr:\n{}", self.stderr.lock().unwrap());
+            // Killed and reaped: the log is complete. Show why the server was unhappy.
+            eprintln!("courier serve stderr:\n{}", read_log(&self.stderr));
         }
     }
+}
+
+fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| format!("({}: {e})", path.display()))
 }
 
 fn device(server: &Server, user: &str, name: &str, cursor: u64) -> Device {
