@@ -41,6 +41,11 @@ pub const NET_FLAGS: &[Flag] = &[
         help: "cut off a client that has not finished its handshake (slowloris)",
     },
     Flag {
+        name: "message-timeout",
+        default: "10s",
+        help: "a message (all its fragments) must arrive within this once begun (close 1008)",
+    },
+    Flag {
         name: "close-timeout",
         default: "2s",
         help: "how long to wait for the peer's close frame / TCP close after ours",
@@ -127,7 +132,22 @@ pub const SERVE_FLAGS: &[Flag] = &[
     Flag {
         name: "max-per-address",
         default: "0",
-        help: "IM connections one client address may hold at once (429 past it); 0: no limit",
+        help: "connections one client address may hold at once (429 past it); 0: no limit",
+    },
+    Flag {
+        name: "auth-failures",
+        default: "20",
+        help: "failed logins one client address may make per --auth-failure-window; past them its upgrades get 429 with Retry-After until the window ends; 0: no limit",
+    },
+    Flag {
+        name: "auth-failure-window",
+        default: "60s",
+        help: "the window --auth-failures counts in, from an address's first failure",
+    },
+    Flag {
+        name: "max-per-user",
+        default: "32",
+        help: "IM connections one user may hold at once (429 past it); 0: no limit",
     },
     Flag {
         name: "recall-window",
@@ -146,8 +166,13 @@ pub const SERVE_FLAGS: &[Flag] = &[
     },
     Flag {
         name: "echo",
-        default: "on",
-        help: "serve the /echo benchmark endpoint beside /ws",
+        default: "off",
+        help: "on: serve the /echo endpoint beside /ws, anonymous (benchmark `courier echo` instead)",
+    },
+    Flag {
+        name: "echo-max-message",
+        default: "64KiB",
+        help: "largest message /echo takes when on (close 1009 above it)",
     },
 ];
 
@@ -382,6 +407,7 @@ pub struct NetConfig {
     pub idle_timeout_ms: u64,
     pub handshake_timeout_ms: u64,
     pub close_timeout_ms: u64,
+    pub message_timeout_ms: u64,
     pub out_soft_cap: usize,
     pub out_hard_cap: usize,
 }
@@ -402,6 +428,7 @@ impl NetConfig {
             idle_timeout_ms: values.millis("idle-timeout")?,
             handshake_timeout_ms: values.millis("handshake-timeout")?,
             close_timeout_ms: values.millis("close-timeout")?,
+            message_timeout_ms: values.millis("message-timeout")?,
             out_soft_cap: values.bytes("out-soft-cap")?,
             out_hard_cap: values.bytes("out-hard-cap")?,
         };
@@ -415,6 +442,7 @@ impl NetConfig {
             ("idle-timeout", config.idle_timeout_ms),
             ("handshake-timeout", config.handshake_timeout_ms),
             ("close-timeout", config.close_timeout_ms),
+            ("message-timeout", config.message_timeout_ms),
         ] {
             if ms == 0 {
                 return Err(format!("--{name} must be longer than 0"));

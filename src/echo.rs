@@ -3,14 +3,14 @@
 
 use std::net::SocketAddr;
 
-use crate::net::{Admission, ConnId, Out, Service};
+use crate::net::{Admission, ConnId, NetStats, Out, Service};
 use crate::ws::frame::OpCode;
 use crate::ws::handshake::{self, Request, Upgrade};
 
 pub struct Echo;
 
 impl Service for Echo {
-    fn http(&mut self, request: &Request<'_>, _peer: SocketAddr, out: &mut Vec<u8>) {
+    fn http(&mut self, request: &Request<'_>, _: SocketAddr, _: NetStats, out: &mut Vec<u8>) {
         let (status, reason, body): (u16, &str, &[u8]) = match request.path() {
             "/healthz" => (200, "OK", b"ok\n"),
             _ => (
@@ -28,9 +28,13 @@ impl Service for Echo {
         _: &Request<'_>,
         _: &Upgrade<'_>,
         _: SocketAddr,
+        _: NetStats,
         _: &mut Vec<u8>,
     ) -> Admission {
-        Admission::Accept { protocol: None }
+        Admission::Accept {
+            protocol: None,
+            max_message: None,
+        }
     }
 
     fn message(&mut self, conn: ConnId, opcode: OpCode, payload: &[u8], out: &mut Out<'_>) {

@@ -11,6 +11,7 @@ pub mod echo;
 pub mod forwarded;
 pub mod im;
 pub mod log;
+pub mod login_guard;
 pub mod metrics;
 pub mod net;
 pub mod serve;

@@ -189,6 +189,13 @@ fn serve(args: &[String]) -> Result<(), String> {
         origins: values.list("origin"),
         trusted_proxies: courier::forwarded::TrustedProxies::parse(&values.list("trusted-proxy"))?,
         max_per_address: values.count("max-per-address")? as usize,
+        max_per_user: values.count("max-per-user")? as usize,
+        echo_max_message: values.bytes("echo-max-message")?,
+        // Half the slots at most: the benchmark endpoint must never lock IM users out.
+        echo_max_connections: (net.max_connections / 2).max(1),
+        auth_failures: u32::try_from(values.count("auth-failures")?)
+            .map_err(|_| "--auth-failures is too large")?,
+        auth_failure_window_ms: values.millis("auth-failure-window")?,
     };
     let listen = net.listen;
     // Before the reactor: from here on log lines go through the logger's thread, so the

@@ -15,14 +15,19 @@ use crate::forwarded::{self, TrustedProxies};
 use crate::im::auth;
 use crate::im::hub::{Action, Hub, HubConfig, Now, Traffic, UNSUPPORTED_DATA};
 use crate::im::protocol::ErrorCode;
+use crate::login_guard::{LoginGuard, Summary};
 use crate::metrics::{self, Metrics};
-use crate::net::{Admission, ConnId, Out, Service, Waker};
+use crate::net::{Admission, ConnId, NetStats, Out, Service, Waker};
 use crate::store::{self, Completion, Store, StoreConfig};
 use crate::ws::frame::OpCode;
 use crate::ws::handshake::{self, Request, Upgrade};
 
 /// The subprotocol PROTOCOL.md names; echoed when a client offers it.
 const SUBPROTOCOL: &str = "courier.v1";
+
+/// Store completions handled per wake-up. Each may serialize a large answer; past this the
+/// reactor serves its sockets and timers before taking the rest.
+const COMPLETIONS_PER_WAKEUP: usize = 256;
 
 pub struct ServeConfig {
     pub store: StoreConfig,
@@ -33,9 +38,23 @@ pub struct ServeConfig {
     /// `--origin`: browsers' Origins allowed on `/ws`; empty allows all.
     pub origins: Vec<String>,
     pub trusted_proxies: TrustedProxies,
-    /// `--max-per-address`: IM connections one client address may hold; 0 is no limit.
+    /// `--max-per-address`: connections one client address may hold; 0 is no limit.
     pub max_per_address: usize,
+    /// `--max-per-user`: IM connections one user may hold; 0 is no limit.
+    pub max_per_user: usize,
+    /// `--echo-max-message`: the largest message `/echo` takes.
+    pub echo_max_message: usize,
+    /// How many connections `/echo` may hold at once, so it can never take the slots
+    /// IM users need.
+    pub echo_max_connections: usize,
+    /// `--auth-failures`: failed logins per address per window before `429`; 0 is off.
+    pub auth_failures: u32,
+    /// `--auth-failure-window`.
+    pub auth_failure_window_ms: u64,
 }
+
+/// Addresses the failed-login guard keeps at most (a few MiB at the worst).
+const LOGIN_GUARD_TRACKED: usize = 65_536;
 
 pub struct Server {
     hub: Hub,
@@ -53,8 +72,19 @@ pub struct Server {
     address_of: HashMap<ConnId, IpAddr>,
     per_address: HashMap<IpAddr, usize>,
     max_per_address: usize,
+    max_per_user: usize,
+    /// The largest frame `/ws` takes: the largest legal request, so a larger one is
+    /// refused from its header and never parsed.
+    ws_max_message: usize,
+    echo_max_message: usize,
+    echo_max_connections: usize,
+    /// Failed logins per client address; consulted before every token check.
+    login_guard: LoginGuard,
+    auth_failure_window_ms: u64,
     /// Connections on `/echo`.
     echoing: HashSet<ConnId>,
+    /// Wakes the reactor again when completions are left after a wake-up's share.
+    waker: Waker,
     started: Instant,
     actions: Vec<Action>,
     /// Counted here, on the reactor thread, from what passes through; `/metrics` renders
@@ -65,7 +95,9 @@ pub struct Server {
 impl Server {
     /// Opens the store (creating the data folder) and builds the hub from its heads.
     pub fn open(config: ServeConfig, waker: Waker, now: u64) -> Result<Server, String> {
-        let notify: store::Notify = std::sync::Arc::new(move || waker.wake());
+        let wake_store = waker.clone();
+        let notify: store::Notify = std::sync::Arc::new(move || wake_store.wake());
+        let ws_max_message = crate::im::protocol::max_request_len(config.hub.max_body);
         let (store, completions, initial) = store::open(&config.store, notify)
             .map_err(|e| format!("opening the store in {}: {e}", config.store.dir.display()))?;
         Ok(Server {
@@ -81,7 +113,18 @@ impl Server {
             address_of: HashMap::new(),
             per_address: HashMap::new(),
             max_per_address: config.max_per_address,
+            max_per_user: config.max_per_user,
+            ws_max_message,
+            echo_max_message: config.echo_max_message,
+            echo_max_connections: config.echo_max_connections,
+            login_guard: LoginGuard::new(
+                config.auth_failures,
+                config.auth_failure_window_ms,
+                LOGIN_GUARD_TRACKED,
+            ),
+            auth_failure_window_ms: config.auth_failure_window_ms,
             echoing: HashSet::new(),
+            waker,
             started: Instant::now(),
             actions: Vec::new(),
             metrics: Metrics::new(),
@@ -114,6 +157,13 @@ impl Server {
                 }
                 Action::Close { conn, code, reason } => {
                     out.close(ConnId::from_u64(conn), code, reason)
+                }
+                Action::AwaitOutput { conn } => {
+                    if out.await_output(ConnId::from_u64(conn)) {
+                        let mut more = Vec::new();
+                        self.hub.output_drained(conn, Self::now(out), &mut more);
+                        self.actions.extend(more);
+                    }
                 }
                 Action::Store(job) => {
                     let refused = match &self.store {
@@ -149,13 +199,14 @@ impl Server {
         }
     }
 
-    fn render_metrics(&self) -> String {
+    fn render_metrics(&self, net: NetStats) -> String {
         let store = self.store.as_ref().map(Store::stats);
         let uptime = self.started.elapsed().as_secs_f64();
         let acks = self.hub.acks();
         // The hub counts acks itself: the only request that may get no reply at all.
         let mut metrics = self.metrics.clone();
         metrics.acks.add(acks);
+        metrics.output_queued_bytes.set(net.queued_bytes as _);
         metrics.render(&mut |x| {
             x.gauge(
                 "courier_uptime_seconds",
@@ -175,22 +226,54 @@ impl Server {
         }
     }
 
+    fn log_login_summaries(&self, summaries: Vec<Summary>) {
+        let window = self.auth_failure_window_ms / 1000;
+        for s in summaries {
+            match s.client {
+                Some(client) => crate::log_warn!(
+                    "auth: {} failed logins from {client} within {window}s, {} upgrades refused (429)",
+                    s.failures,
+                    s.refused
+                ),
+                None => crate::log_warn!(
+                    "auth: {} failed logins within {window}s from addresses not tracked (table full)",
+                    s.failures
+                ),
+            }
+        }
+    }
+
     /// Admits an IM upgrade with a valid token, or answers `401`.
     fn authorize(
         &mut self,
         conn: ConnId,
         request: &Request<'_>,
         client: IpAddr,
+        net: NetStats,
         protocol: Option<&'static str>,
         response: &mut Vec<u8>,
     ) -> Admission {
         match self.authenticate(request) {
             Ok(user) => {
+                let held = self.hub.connections_of(&user)
+                    + self.admitted.values().filter(|(u, _)| *u == user).count();
+                if self.max_per_user > 0 && held >= self.max_per_user {
+                    crate::log_warn!("refused {user} from {client}: already {held} connections");
+                    refuse_busy(response, "too many connections for this user\n");
+                    return Admission::Refuse;
+                }
                 self.admitted.insert(conn, (user, client));
-                Admission::Accept { protocol }
+                Admission::Accept {
+                    protocol,
+                    max_message: Some(self.ws_max_message),
+                }
             }
             Err(e) => {
-                crate::log_warn!("auth failed from {client}: {e}");
+                // The first failure of an address in a window is logged; the rest are
+                // counted into one summary line, so a token flood cannot flood the log.
+                if self.login_guard.failed(address_key(client), net.now) {
+                    crate::log_warn!("auth failed from {client}: {e}");
+                }
                 let body = format!("{e}\n");
                 handshake::write_response(
                     response,
@@ -216,6 +299,18 @@ impl Server {
     }
 }
 
+/// `429`: the client holds all the connections it may.
+fn refuse_busy(response: &mut Vec<u8>, body: &str) {
+    handshake::write_response(
+        response,
+        429,
+        "Too Many Requests",
+        "text/plain; charset=utf-8",
+        &[("Retry-After", "10")],
+        body.as_bytes(),
+    );
+}
+
 fn respond_json(out: &mut Vec<u8>, status: u16, reason: &str, body: &str) {
     handshake::write_response(
         out,
@@ -228,7 +323,7 @@ fn respond_json(out: &mut Vec<u8>, status: u16, reason: &str, body: &str) {
 }
 
 impl Service for Server {
-    fn http(&mut self, request: &Request<'_>, _peer: SocketAddr, out: &mut Vec<u8>) {
+    fn http(&mut self, request: &Request<'_>, _peer: SocketAddr, net: NetStats, out: &mut Vec<u8>) {
         match request.path() {
             "/healthz" => {
                 let writable = self.store.is_some();
@@ -247,7 +342,7 @@ impl Service for Server {
                 }
             }
             "/metrics" => {
-                let body = self.render_metrics();
+                let body = self.render_metrics(net);
                 handshake::write_response(
                     out,
                     200,
@@ -293,51 +388,12 @@ impl Service for Server {
         request: &Request<'_>,
         upgrade: &Upgrade<'_>,
         peer: SocketAddr,
+        net: NetStats,
         response: &mut Vec<u8>,
     ) -> Admission {
-        let protocol = upgrade
-            .protocols()
-            .any(|p| p == SUBPROTOCOL)
-            .then_some(SUBPROTOCOL);
-        match request.path() {
-            "/ws" if !forwarded::origin_allowed(&self.origins, upgrade.origin()) => {
-                handshake::write_response(
-                    response,
-                    403,
-                    "Forbidden",
-                    "text/plain; charset=utf-8",
-                    &[],
-                    b"this Origin is not allowed\n",
-                );
-                Admission::Refuse
-            }
-            "/ws" => {
-                let client = self
-                    .trusted_proxies
-                    .client(peer, request.header("x-forwarded-for"));
-                let held = self
-                    .per_address
-                    .get(&address_key(client))
-                    .copied()
-                    .unwrap_or(0);
-                if self.max_per_address > 0 && held >= self.max_per_address {
-                    crate::log_warn!("refused {client}: already {held} connections");
-                    handshake::write_response(
-                        response,
-                        429,
-                        "Too Many Requests",
-                        "text/plain; charset=utf-8",
-                        &[("Retry-After", "10")],
-                        b"too many connections from this address\n",
-                    );
-                    return Admission::Refuse;
-                }
-                self.authorize(conn, request, client, protocol, response)
-            }
-            "/echo" if self.echo => {
-                self.echoing.insert(conn);
-                Admission::Accept { protocol: None }
-            }
+        let echo = match request.path() {
+            "/ws" => false,
+            "/echo" if self.echo => true,
             _ => {
                 handshake::write_response(
                     response,
@@ -345,19 +401,78 @@ impl Service for Server {
                     "Not Found",
                     "text/plain; charset=utf-8",
                     &[],
-                    b"no WebSocket endpoint here: /ws (IM) or /echo\n",
+                    b"no WebSocket endpoint here\n",
                 );
-                Admission::Refuse
+                return Admission::Refuse;
             }
+        };
+        // Every endpoint obeys the same admission rules: an open one would be a way round
+        // them (an anonymous echo client pins memory and slots like any other).
+        if !forwarded::origin_allowed(&self.origins, upgrade.origin()) {
+            handshake::write_response(
+                response,
+                403,
+                "Forbidden",
+                "text/plain; charset=utf-8",
+                &[],
+                b"this Origin is not allowed\n",
+            );
+            return Admission::Refuse;
         }
+        let client = self
+            .trusted_proxies
+            .client(peer, request.header("x-forwarded-for"));
+        let held = self
+            .per_address
+            .get(&address_key(client))
+            .copied()
+            .unwrap_or(0);
+        if self.max_per_address > 0 && held >= self.max_per_address {
+            crate::log_warn!("refused {client}: already {held} connections");
+            refuse_busy(response, "too many connections from this address\n");
+            return Admission::Refuse;
+        }
+        let admission = if echo {
+            if self.echoing.len() >= self.echo_max_connections {
+                refuse_busy(response, "too many echo connections\n");
+                return Admission::Refuse;
+            }
+            self.echoing.insert(conn);
+            Admission::Accept {
+                protocol: None,
+                max_message: Some(self.echo_max_message),
+            }
+        } else {
+            if let Err(retry) = self.login_guard.admit(address_key(client), net.now) {
+                // Past its failed logins the address is not even heard: no token check.
+                let retry = retry.to_string();
+                handshake::write_response(
+                    response,
+                    429,
+                    "Too Many Requests",
+                    "text/plain; charset=utf-8",
+                    &[("Retry-After", &retry)],
+                    b"too many failed logins from this address\n",
+                );
+                return Admission::Refuse;
+            }
+            let protocol = upgrade
+                .protocols()
+                .any(|p| p == SUBPROTOCOL)
+                .then_some(SUBPROTOCOL);
+            self.authorize(conn, request, client, net, protocol, response)
+        };
+        if matches!(admission, Admission::Accept { .. }) {
+            self.address_of.insert(conn, client);
+            *self.per_address.entry(address_key(client)).or_default() += 1;
+        }
+        admission
     }
 
     fn opened(&mut self, conn: ConnId, out: &mut Out<'_>) {
         self.metrics.connections_opened.inc();
         self.metrics.connections_open.inc();
         if let Some((user, client)) = self.admitted.remove(&conn) {
-            self.address_of.insert(conn, client);
-            *self.per_address.entry(address_key(client)).or_default() += 1;
             crate::log_debug!("{user} connected from {client}");
             let now = Self::now(out);
             self.hub
@@ -389,52 +504,77 @@ impl Service for Server {
     fn closed(&mut self, conn: ConnId, code: u16, out: &mut Out<'_>) {
         self.metrics.connections_open.dec();
         self.metrics.connections_closed.inc(code);
-        if !self.echoing.remove(&conn) {
-            self.admitted.remove(&conn);
-            if let Some(client) = self.address_of.remove(&conn) {
-                let key = address_key(client);
-                if let Some(held) = self.per_address.get_mut(&key) {
-                    *held -= 1;
-                    if *held == 0 {
-                        self.per_address.remove(&key);
-                    }
-                }
-                // The closes a server operator acts on are logged at info; the everyday
-                // ones (a client leaving, an idle timeout) only at debug.
-                match code {
-                    1000 | 1001 | 1005 | 1006 => {
-                        crate::log_debug!("connection from {client} closed: {code}")
-                    }
-                    _ => crate::log_info!("connection from {client} closed: {code}"),
+        let client = self.address_of.remove(&conn);
+        if let Some(client) = client {
+            let key = address_key(client);
+            if let Some(held) = self.per_address.get_mut(&key) {
+                *held -= 1;
+                if *held == 0 {
+                    self.per_address.remove(&key);
                 }
             }
-            self.hub.disconnect(conn.to_u64(), &mut self.actions);
-            self.apply(out);
         }
+        if self.echoing.remove(&conn) {
+            return;
+        }
+        self.admitted.remove(&conn);
+        if let Some(client) = client {
+            // The closes a server operator acts on are logged at info; the everyday ones
+            // (a client leaving, an idle timeout) only at debug.
+            match code {
+                1000 | 1001 | 1005 | 1006 => {
+                    crate::log_debug!("connection from {client} closed: {code}")
+                }
+                _ => crate::log_info!("connection from {client} closed: {code}"),
+            }
+        }
+        self.hub.disconnect(conn.to_u64(), &mut self.actions);
+        self.apply(out);
+    }
+
+    fn output_drained(&mut self, conn: ConnId, out: &mut Out<'_>) {
+        let now = Self::now(out);
+        self.hub
+            .output_drained(conn.to_u64(), now, &mut self.actions);
+        self.apply(out);
     }
 
     fn woken(&mut self, out: &mut Out<'_>) {
         let now = Self::now(out);
-        while let Ok(completion) = self.completions.try_recv() {
+        for _ in 0..COMPLETIONS_PER_WAKEUP {
+            let Ok(completion) = self.completions.try_recv() else {
+                return;
+            };
             if let Some(e) = failure(&completion) {
                 crate::log_error!("store: {e}");
             }
             self.hub.completion(completion, now, &mut self.actions);
             self.apply(out);
         }
+        if !self.completions.is_empty() {
+            self.waker.wake();
+        }
     }
 
     fn next_deadline(&self) -> Option<u64> {
-        self.hub.next_deadline()
+        match (self.hub.next_deadline(), self.login_guard.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn on_time(&mut self, out: &mut Out<'_>) {
+        let summaries = self.login_guard.summaries(out.now());
+        self.log_login_summaries(summaries);
         let now = Self::now(out);
         self.hub.on_time(now, &mut self.actions);
         self.apply(out);
     }
 
     fn shutdown(&mut self, out: &mut Out<'_>) {
+        // The windows still running would end after the process: say what they held now.
+        let summaries = self.login_guard.finish();
+        self.log_login_summaries(summaries);
         self.hub.shutdown(&mut self.actions);
         self.apply(out);
     }

@@ -21,8 +21,8 @@ use serde_json::value::RawValue;
 
 use super::auth::valid_user_id;
 use super::protocol::{
-    self, ConvItem, ErrorCode, Message, MsgFrame, Reply, Request, Rid, MAX_CID, MAX_NAMED_MEMBERS,
-    MAX_WATCH,
+    self, ConvItem, ErrorCode, Message, MsgFrame, Reply, Request, Rid, MAX_CID, MAX_GROUP_NAME,
+    MAX_KIND, MAX_NAMED_MEMBERS, MAX_WATCH,
 };
 use crate::store::{
     dm_conv, parse_gid, Completion, ConvId, ConvSummary, Entry, GroupChange, History, Job, Page,
@@ -38,9 +38,6 @@ const MAX_HELD: usize = 256;
 /// Least time between two `typing` requests of one connection: a client sends one every
 /// few seconds while its user types, so faster than this is a flood.
 const TYPING_INTERVAL_MS: u64 = 250;
-
-/// Longest group name, in bytes.
-const MAX_GROUP_NAME: usize = 64;
 
 /// Why a request is refused while the server stops.
 const STOPPING: &str = "the server is shutting down: send again after it is back";
@@ -134,6 +131,11 @@ pub enum Action {
     /// Submit to the store; if the store refuses it, hand it back with
     /// [`Hub::store_refused`].
     Store(Job),
+    /// Call [`Hub::output_drained`] once what is queued for `conn` (the actions before
+    /// this one included) is within the soft cap: at once if it already is. Until then no
+    /// read that answers with a page or a reply starts for it, so a client that does not
+    /// read cannot make the server hold more than one answer for it.
+    AwaitOutput { conn: ConnKey },
 }
 
 /// The time as the hub needs it: `mono` for timers (the reactor's clock, ms) and `wall`
@@ -214,6 +216,9 @@ struct Session {
     paused: bool,
     /// Closing (4008, 1008, 1011): nothing more is pushed.
     closing: bool,
+    /// An answer read from the store was queued and the owner has not yet said the output
+    /// drained ([`Action::AwaitOutput`]): no read starts meanwhile.
+    output_blocked: bool,
     bucket: TokenBucket,
     strikes: u32,
 }
@@ -304,6 +309,7 @@ impl Session {
             repush_wanted: false,
             paused: false,
             closing: false,
+            output_blocked: false,
             bucket: TokenBucket::full(config, now),
             strikes: 0,
         }
@@ -326,7 +332,10 @@ impl Session {
         match request {
             Request::Sync { .. } => self.queries_in_flight == 0,
             Request::Convs { .. } | Request::History { .. } => {
-                !self.syncing && self.writes_in_flight == 0 && self.queries_in_flight == 0
+                !self.syncing
+                    && self.writes_in_flight == 0
+                    && self.queries_in_flight == 0
+                    && !self.output_blocked
             }
             other if other.writes() => !self.syncing && self.queries_in_flight == 0,
             _ => true,
@@ -1131,11 +1140,14 @@ impl Hub {
             return;
         };
         match answer(rid.as_deref(), &session.user) {
-            Ok(text) => out.push(Action::Send {
-                conn,
-                text,
-                traffic: Traffic::Reply,
-            }),
+            Ok(text) => {
+                out.push(Action::Send {
+                    conn,
+                    text,
+                    traffic: Traffic::Reply,
+                });
+                self.await_output(conn, out);
+            }
             Err(e) => failed(out, conn, rid.as_deref(), None, &e),
         }
         self.query_done(conn, now, out);
@@ -1315,7 +1327,7 @@ impl Hub {
         let Some(session) = self.sessions.get_mut(&conn) else {
             return;
         };
-        if session.closing || session.reading {
+        if session.closing || session.reading || session.output_blocked {
             return;
         }
         if session.queued_sync.is_some() {
@@ -1470,7 +1482,28 @@ impl Hub {
                 }
             }
         }
+        self.await_output(conn, out);
         self.arm(conn);
+        self.pump(conn, out);
+    }
+
+    /// Holds `conn`'s reads until the owner says its output drained.
+    fn await_output(&mut self, conn: ConnKey, out: &mut Vec<Action>) {
+        if let Some(session) = self.sessions.get_mut(&conn) {
+            if !session.output_blocked {
+                session.output_blocked = true;
+                out.push(Action::AwaitOutput { conn });
+            }
+        }
+    }
+
+    /// What is queued for `conn` is within the soft cap again: its held reads may start.
+    pub fn output_drained(&mut self, conn: ConnKey, now: Now, out: &mut Vec<Action>) {
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        session.output_blocked = false;
+        self.start_waiting(conn, now, out);
         self.pump(conn, out);
     }
 
@@ -1754,7 +1787,7 @@ fn check_members(users: &[String]) -> Result<(), (ErrorCode, String)> {
     match users.iter().find(|u| !valid_user_id(u)) {
         Some(bad) => Err((
             ErrorCode::BadRequest,
-            format!("'{}' is not a valid user id", bad.escape_debug()),
+            format!("{} is not a valid user id", protocol::quote(bad)),
         )),
         None => Ok(()),
     }
@@ -1781,7 +1814,7 @@ fn check_send(send: &protocol::Send, max_body: usize) -> Result<Target<'_>, (Err
 
 /// Kinds a client may send. `recall` and `group` entries are written by the server only.
 fn valid_kind(kind: &str) -> bool {
-    (1..=16).contains(&kind.len())
+    (1..=MAX_KIND).contains(&kind.len())
         && kind.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
         && !matches!(kind, "recall" | "group")
 }

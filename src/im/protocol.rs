@@ -26,6 +26,21 @@ pub const MAX_CONVS_PAGE: u32 = 500;
 /// Most users one `watch` may name, and most members one group request may name.
 pub const MAX_WATCH: usize = 256;
 pub const MAX_NAMED_MEMBERS: usize = 1000;
+/// Longest group name, in bytes after trimming (the hub enforces it).
+pub const MAX_GROUP_NAME: usize = 64;
+/// Longest message `kind` (the hub enforces it).
+pub const MAX_KIND: usize = 16;
+/// Longest `cid` an error carries back. A little over [`MAX_CID`], so a client whose cid is
+/// just too long can still match the refusal to its outbox entry; anything longer is not a
+/// mistake worth echoing, and a `send` carrying one is refused without it.
+pub const MAX_ECHOED_CID: usize = 2 * MAX_CID;
+/// Most bytes of a client's text one error message quotes, after escaping: enough to
+/// recognise the mistake, never enough to make a reply a copy of its request.
+pub const MAX_QUOTE: usize = 32;
+/// Longest `message` an `error` carries, in bytes. Every message the server writes itself
+/// is far shorter; the bound is there for text it does not control (serde's errors quote
+/// the values they reject) and for client text quoted without [`quote`].
+pub const MAX_ERROR_MESSAGE: usize = 200;
 
 #[derive(Debug)]
 pub enum Request {
@@ -193,13 +208,115 @@ fn gid<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     }
     match Gid::deserialize(d)? {
         Gid::Number(n) => Ok(n),
-        Gid::Text(s) => s
-            .parse()
-            .map_err(|_| serde::de::Error::custom("`gid` is a group id such as \"7\"")),
+        // Digits only, and no more than a u64 has: `str::parse` would also take a sign and
+        // any number of leading zeros, which would make a legal request unbounded.
+        Gid::Text(s) if (1..=20).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit()) => {
+            s.parse().map_err(|_| serde::de::Error::custom(GID_FORMAT))
+        }
+        Gid::Text(_) => Err(serde::de::Error::custom(GID_FORMAT)),
     }
 }
 
+const GID_FORMAT: &str = "`gid` is a group id such as \"7\"";
+
+/// `text` quoted for an error message: escaped as Rust's `{:?}` does, at most
+/// [`MAX_QUOTE`] bytes of it, cut on a character boundary and marked with `…` when cut.
+/// Whatever a client sends, quoting it costs a few dozen bytes.
+pub fn quote(text: &str) -> String {
+    let mut out = String::with_capacity(MAX_QUOTE + 8);
+    out.push('\'');
+    let mut used = 0;
+    for c in text.chars() {
+        let escaped = c.escape_debug();
+        // Bytes, not characters: an `é` is two of them.
+        let len: usize = escaped.clone().map(char::len_utf8).sum();
+        if used + len > MAX_QUOTE {
+            out.push('…');
+            break;
+        }
+        used += len;
+        out.extend(escaped);
+    }
+    out.push('\'');
+    out
+}
+
+/// `message` cut to at most [`MAX_ERROR_MESSAGE`] bytes. A long message keeps its start
+/// (what was wrong) and its end (serde's `expected …` and the position), and loses the
+/// middle, which is where a quoted value sits.
+fn bounded(message: &str) -> std::borrow::Cow<'_, str> {
+    const CUT: &str = " … ";
+    const TAIL: usize = 60;
+    if message.len() <= MAX_ERROR_MESSAGE {
+        return message.into();
+    }
+    let mut head = MAX_ERROR_MESSAGE - CUT.len() - TAIL;
+    while !message.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = message.len() - TAIL;
+    while !message.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{}{CUT}{}", &message[..head], &message[tail..]).into()
+}
+
+fn bounded_message<S: serde::Serializer>(message: &&str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&bounded(message))
+}
+
+/// An upper bound on the length in bytes of the largest legal request frame when a `send`
+/// body may hold `max_body` bytes: a frame longer than this can be refused from its header,
+/// since parsing it could only end in an error.
+///
+/// It is the largest of the request kinds' own bounds, plus a fixed slack. Every string is
+/// counted at six bytes per byte of content, since a client may spell any character as
+/// `\u0061` (and must spell control characters so): `\u0001` is six bytes for one, the
+/// worst ratio JSON has (a four-byte character as a surrogate pair is twelve for four).
+///
+/// - `send`: the body (`max_body`, checked by the hub), the `cid` ([`MAX_CID`]), `to`
+///   (`user:` and a user id of `MAX_USER_ID_LEN`; `group:<gid>` is shorter), the `kind`
+///   ([`MAX_KIND`]) and a `rid` ([`MAX_RID`] as JSON text, checked here).
+/// - `group_create` and `group_add`, counted as one: a name ([`MAX_GROUP_NAME`]), a gid (20
+///   digits), a `rid`, and [`MAX_NAMED_MEMBERS`] user ids, each with its comma and room for
+///   a pretty-printer's newline and indentation. With the default 16 KiB body this is the
+///   largest kind: a thousand fully escaped ids.
+/// - `watch`: [`MAX_WATCH`] user ids, the same way.
+/// - `read` and `history`: a dm conversation id (two user ids) and two numbers.
+/// - The slack (4 KiB): every key even when escaped, `"type":"…"`, colons, commas, braces,
+///   the small numbers of the other kinds, whitespace between fields, and a few small
+///   fields a client may add, which are ignored. JSON allows any amount of whitespace and
+///   any unknown field; a request padded past the slack is refused as too large, which no
+///   client printing JSON the ordinary way ever meets.
+///
+/// Saturates instead of overflowing for an absurd `max_body`.
+pub fn max_request_len(max_body: usize) -> usize {
+    const ESCAPED: usize = 6;
+    const DIGITS: usize = 20;
+    const SLACK: usize = 4096;
+    // A comma and up to 16 bytes of newline and indentation before each array item.
+    const BETWEEN_ITEMS: usize = 1 + 16;
+    const fn string(bytes: usize) -> usize {
+        2 + ESCAPED * bytes
+    }
+    const USER: usize = crate::user_id::MAX_USER_ID_LEN;
+    const USER_ITEM: usize = string(USER) + BETWEEN_ITEMS;
+    const SEND_BESIDES_BODY: usize =
+        string(MAX_CID) + string("user:".len() + USER) + string(MAX_KIND) + MAX_RID;
+    const GROUP: usize =
+        string(MAX_GROUP_NAME) + string(DIGITS) + MAX_RID + MAX_NAMED_MEMBERS * USER_ITEM;
+    const WATCH: usize = MAX_RID + MAX_WATCH * USER_ITEM;
+    const CONV: usize = string("dm:".len() + USER + 1 + USER) + 2 * DIGITS + MAX_RID;
+    let send = max_body
+        .saturating_mul(ESCAPED)
+        .saturating_add(2 + SEND_BESIDES_BODY);
+    send.max(GROUP).max(WATCH).max(CONV).saturating_add(SLACK)
+}
+
 /// Parses one text frame. On success also returns the `rid`, if any.
+///
+/// No message of a [`BadRequest`] is longer than [`MAX_ERROR_MESSAGE`], and none carries a
+/// `cid` longer than [`MAX_ECHOED_CID`]: an error costs the same whatever the request held.
 pub fn parse(text: &[u8]) -> Result<(Request, Option<Rid>), BadRequest> {
     let envelope: Envelope<'_> = serde_json::from_slice(text).map_err(|e| BadRequest {
         rid: None,
@@ -207,11 +324,14 @@ pub fn parse(text: &[u8]) -> Result<(Request, Option<Rid>), BadRequest> {
         message: if e.is_data() {
             "a request is a JSON object with a string field `type`".to_owned()
         } else {
-            format!("invalid JSON: {e}")
+            bounded(&format!("invalid JSON: {e}")).into_owned()
         },
     })?;
     let rid = envelope.rid;
-    let cid = envelope.cid.map(|c| c.into_owned());
+    let cid = envelope
+        .cid
+        .filter(|c| c.len() <= MAX_ECHOED_CID)
+        .map(|c| c.into_owned());
     if let Some(rid) = &rid {
         let first = rid.get().as_bytes()[0];
         if !(first == b'"' || first == b'-' || first.is_ascii_digit()) || rid.get().len() > MAX_RID
@@ -230,7 +350,8 @@ pub fn parse(text: &[u8]) -> Result<(Request, Option<Rid>), BadRequest> {
             message: "missing `type`".to_owned(),
         });
     };
-    let fields = |e: serde_json::Error| format!("bad `{kind}` request: {e}");
+    // serde's text quotes the value it rejects (`invalid type: string "…"`), whole.
+    let fields = |e: serde_json::Error| bounded(&format!("bad `{kind}` request: {e}")).into_owned();
     let request = match &*kind {
         "ping" => serde_json::from_slice::<NoFields>(text).map(|_| Request::Ping),
         "send" => serde_json::from_slice::<Send>(text).map(Request::Send),
@@ -261,10 +382,22 @@ pub fn parse(text: &[u8]) -> Result<(Request, Option<Rid>), BadRequest> {
             gid: f.gid,
             members: f.members,
         }),
-        "group_leave" => serde_json::from_slice::<GroupFields>(text).map(|f| Request::GroupLeave {
-            gid: f.gid,
-            members: f.members,
-        }),
+        "group_leave" => {
+            let leave = serde_json::from_slice::<GroupFields>(text);
+            // The hub accepts only the caller here, any number of times over; the cap keeps
+            // a legal leave within the size of a group_add (see `max_request_len`).
+            if matches!(&leave, Ok(f) if f.members.len() > MAX_NAMED_MEMBERS) {
+                return Err(BadRequest {
+                    rid,
+                    cid: None,
+                    message: format!("at most {MAX_NAMED_MEMBERS} users per request"),
+                });
+            }
+            leave.map(|f| Request::GroupLeave {
+                gid: f.gid,
+                members: f.members,
+            })
+        }
         "recall" => {
             serde_json::from_slice::<RecallFields>(text).map(|f| Request::Recall { mid: f.mid })
         }
@@ -276,13 +409,20 @@ pub fn parse(text: &[u8]) -> Result<(Request, Option<Rid>), BadRequest> {
         }
         other => {
             return Err(BadRequest {
-                message: format!("unknown type '{}'", other.escape_debug()),
+                message: format!("unknown type {}", quote(other)),
                 rid,
                 cid: None,
             })
         }
     };
     match request {
+        // Past this length a cid is not echoed (see MAX_ECHOED_CID), and the hub, which
+        // answers a bad cid with the cid, must not get one to echo.
+        Ok(Request::Send(send)) if send.cid.len() > MAX_ECHOED_CID => Err(BadRequest {
+            message: format!("`cid` must be 1 to {MAX_CID} bytes"),
+            rid,
+            cid: None,
+        }),
         Ok(request) => Ok((request, rid)),
         Err(e) => Err(BadRequest {
             message: fields(e),
@@ -401,6 +541,8 @@ pub enum Reply<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         cid: Option<&'a str>,
         code: ErrorCode,
+        /// Bounded here, where every error passes, whoever built the text.
+        #[serde(serialize_with = "bounded_message")]
         message: &'a str,
     },
 }
@@ -667,5 +809,264 @@ mod tests {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));
         }
+    }
+
+    /// Every character of `s` as `\uXXXX` (all ASCII or control here), in quotes: the
+    /// longest spelling a client may choose.
+    fn esc(s: &str) -> String {
+        let mut out = String::from("\"");
+        for c in s.chars() {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        }
+        out.push('"');
+        out
+    }
+
+    /// A JSON object from already-spelled fields, keys escaped too, one field per line
+    /// with four spaces of indentation, as a pretty-printer would lay it out.
+    fn object(fields: &[(&str, String)]) -> String {
+        let fields: Vec<String> = fields
+            .iter()
+            .map(|(key, value)| format!("    {}: {value}", esc(key)))
+            .collect();
+        format!("{{\n{}\n}}", fields.join(",\n"))
+    }
+
+    /// A JSON array of spelled items, one per line at the indentation of a nested array.
+    fn array(items: impl Iterator<Item = String>) -> String {
+        let items: Vec<String> = items.map(|i| format!("\n        {i}")).collect();
+        format!("[{}\n    ]", items.join(","))
+    }
+
+    /// A distinct user id of the full 64 bytes.
+    fn user(i: usize) -> String {
+        format!("{i:0>64}")
+    }
+
+    #[test]
+    fn the_largest_legal_request_of_every_kind_fits_under_max_request_len() {
+        let rid = format!("\"{}\"", "r".repeat(MAX_RID - 2));
+        let long_u64 = u64::MAX.to_string();
+        for max_body in [0, 16 * 1024, 1024 * 1024] {
+            let users = |n: usize| array((0..n).map(|i| esc(&user(i))));
+            let send = object(&[
+                ("type", esc("send")),
+                ("rid", rid.clone()),
+                ("cid", esc(&"c".repeat(MAX_CID))),
+                ("to", esc(&format!("user:{}", user(0)))),
+                ("body", esc(&"\u{1}".repeat(max_body))),
+                ("kind", esc(&"k".repeat(MAX_KIND))),
+            ]);
+            let group_create = object(&[
+                ("type", esc("group_create")),
+                ("rid", rid.clone()),
+                ("name", esc(&"n".repeat(MAX_GROUP_NAME))),
+                ("members", users(MAX_NAMED_MEMBERS)),
+            ]);
+            let group_add = object(&[
+                ("type", esc("group_add")),
+                ("rid", rid.clone()),
+                ("gid", long_u64.clone()),
+                ("members", users(MAX_NAMED_MEMBERS)),
+            ]);
+            let group_leave = object(&[
+                ("type", esc("group_leave")),
+                ("rid", rid.clone()),
+                ("gid", format!("\"{long_u64}\"")),
+                (
+                    "members",
+                    array(std::iter::repeat_with(|| esc(&user(0))).take(MAX_NAMED_MEMBERS)),
+                ),
+            ]);
+            let watch = object(&[
+                ("type", esc("watch")),
+                ("rid", rid.clone()),
+                ("users", users(MAX_WATCH)),
+            ]);
+            let conv = esc(&format!("dm:{}:{}", user(0), user(1)));
+            let history = object(&[
+                ("type", esc("history")),
+                ("rid", rid.clone()),
+                ("conv", conv.clone()),
+                ("before", long_u64.clone()),
+                ("limit", u32::MAX.to_string()),
+            ]);
+            let read = object(&[
+                ("type", esc("read")),
+                ("rid", rid.clone()),
+                ("conv", conv),
+                ("mid", long_u64.clone()),
+            ]);
+            let typing = object(&[
+                ("type", esc("typing")),
+                ("rid", rid.clone()),
+                ("to", esc(&format!("user:{}", user(0)))),
+            ]);
+            let sync = object(&[
+                ("type", esc("sync")),
+                ("rid", rid.clone()),
+                ("after", long_u64.clone()),
+                ("limit", u32::MAX.to_string()),
+            ]);
+            let bound = max_request_len(max_body);
+            let mut largest = 0;
+            for text in [
+                send,
+                group_create,
+                group_add,
+                group_leave,
+                watch,
+                history,
+                read,
+                typing,
+                sync,
+            ] {
+                let (request, _) = parse(text.as_bytes())
+                    .unwrap_or_else(|e| panic!("{}: {}", &text[..80], e.message));
+                // The request really is at the limits the hub enforces, not past them.
+                match &request {
+                    Request::Send(send) => {
+                        assert_eq!(send.body.len(), max_body);
+                        assert_eq!(send.cid.len(), MAX_CID);
+                    }
+                    Request::GroupCreate { members, name } => {
+                        assert_eq!(members.len(), MAX_NAMED_MEMBERS);
+                        assert_eq!(name.len(), MAX_GROUP_NAME);
+                        assert!(members.iter().all(|u| crate::user_id::valid_user_id(u)));
+                    }
+                    Request::GroupAdd { members, gid } | Request::GroupLeave { members, gid } => {
+                        assert_eq!((members.len(), *gid), (MAX_NAMED_MEMBERS, u64::MAX));
+                    }
+                    Request::Watch { users } => assert_eq!(users.len(), MAX_WATCH),
+                    _ => {}
+                }
+                assert!(
+                    text.len() <= bound,
+                    "{request:?}: {} bytes over the bound {bound} (max_body {max_body})",
+                    text.len()
+                );
+                largest = largest.max(text.len());
+            }
+            // Tight enough to be worth having: within the slack and the allowance for
+            // indentation of what the largest request really takes.
+            assert!(bound - largest < 32 * 1024, "{bound} vs {largest}");
+        }
+        let default = max_request_len(16 * 1024);
+        assert!(default < 8 * 16 * 1024 + 512 * 1024, "{default}");
+        assert!(max_request_len(usize::MAX) == usize::MAX);
+    }
+
+    #[test]
+    fn error_messages_quote_at_most_a_short_prefix() {
+        let mib = 1024 * 1024;
+        // An unknown type, plain and full of characters that escape long.
+        for kind in [
+            "x".repeat(mib),
+            "\u{1}".repeat(mib),
+            "é\u{10ffff}".repeat(mib / 8),
+        ] {
+            let text = serde_json::to_string(&serde_json::json!({"type": kind, "rid": 1}))
+                .expect("serializes");
+            let e = bad(&text);
+            assert!(e.message.len() <= 2 * MAX_QUOTE, "{}", e.message);
+            assert!(e.message.starts_with("unknown type '"), "{}", e.message);
+            assert!(e.message.ends_with("…'"), "{}", e.message);
+            assert_eq!(e.rid.unwrap().get(), "1");
+        }
+        // serde's own text quotes the rejected value whole: bounded too, keeping the
+        // start and serde's "expected …" and position.
+        let text = format!(r#"{{"type":"ack","seq":"{}"}}"#, "9".repeat(mib));
+        let e = bad(&text);
+        assert!(e.message.len() <= MAX_ERROR_MESSAGE, "{}", e.message);
+        assert!(e.message.starts_with("bad `ack` request: invalid type"));
+        assert!(e.message.contains(" … "), "{}", e.message);
+        assert!(e.message.ends_with(&format!("column {}", text.len() - 1)));
+        let text = format!(r#"{{"type":"group_add","gid":"{}"}}"#, "7".repeat(mib));
+        assert!(bad(&text).message.len() <= MAX_ERROR_MESSAGE);
+        let text = format!(r#"{{"type":"history","conv":{}}}"#, "[".repeat(mib));
+        assert!(bad(&text).message.len() <= MAX_ERROR_MESSAGE);
+        // Short names stay whole and readable.
+        assert_eq!(quote("fly"), "'fly'");
+        assert_eq!(quote("a'b\n"), r"'a\'b\n'");
+        assert_eq!(quote(""), "''");
+        let at_limit = "q".repeat(MAX_QUOTE);
+        assert_eq!(quote(&at_limit), format!("'{at_limit}'"));
+        assert_eq!(quote(&format!("{at_limit}q")), format!("'{at_limit}…'"));
+        // Cut between characters, never inside one.
+        assert_eq!(quote(&"é".repeat(40)), format!("'{}…'", "é".repeat(16)));
+        assert_eq!(
+            quote(&"\u{1}".repeat(10)),
+            format!("'{}…'", r"\u{1}".repeat(6))
+        );
+    }
+
+    #[test]
+    fn an_error_reply_is_bounded_whoever_wrote_its_message() {
+        let long = format!("'{}' is not a valid user id", "u".repeat(1024 * 1024));
+        let json = Reply::Error {
+            rid: None,
+            cid: None,
+            code: ErrorCode::BadRequest,
+            message: &long,
+        }
+        .to_json();
+        let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        let message = value["message"].as_str().unwrap();
+        assert!(message.len() <= MAX_ERROR_MESSAGE, "{message}");
+        assert!(message.starts_with("'uuu") && message.ends_with("is not a valid user id"));
+        // Cut on character boundaries whatever the text.
+        for n in 0..8 {
+            let wide = format!("{}{}", "a".repeat(n), "€".repeat(300));
+            let cut = bounded(&wide);
+            assert!(cut.len() <= MAX_ERROR_MESSAGE, "{n}");
+        }
+        assert_eq!(bounded("short"), "short");
+    }
+
+    #[test]
+    fn a_long_cid_is_never_carried_back() {
+        // Just too long: parsed, so the hub refuses it with the cid the outbox knows.
+        let text = format!(
+            r#"{{"type":"send","cid":"{}","to":"user:b","body":""}}"#,
+            "c".repeat(MAX_CID + 1)
+        );
+        assert!(parse(text.as_bytes()).is_ok());
+        // Far too long: refused here, without it.
+        let huge = "c".repeat(1024 * 1024);
+        let text = format!(r#"{{"type":"send","rid":2,"cid":"{huge}","to":"user:b","body":""}}"#);
+        let e = bad(&text);
+        assert!(e.cid.is_none());
+        assert_eq!(e.rid.unwrap().get(), "2");
+        assert!(e.message.contains("cid"), "{}", e.message);
+        // Nor on a send refused for another fault.
+        let text = format!(r#"{{"type":"send","cid":"{huge}"}}"#);
+        let e = bad(&text);
+        assert!(e.cid.is_none() && e.message.len() <= MAX_ERROR_MESSAGE);
+        let cid = "c".repeat(MAX_ECHOED_CID);
+        let e = bad(&format!(r#"{{"type":"send","cid":"{cid}"}}"#));
+        assert_eq!(e.cid.as_deref(), Some(cid.as_str()));
+    }
+
+    #[test]
+    fn a_gid_is_plain_digits_and_a_leave_names_a_bounded_list() {
+        let gid = |g: &str| match parse(format!(r#"{{"type":"group_add","gid":{g}}}"#).as_bytes()) {
+            Ok((Request::GroupAdd { gid, .. }, _)) => Some(gid),
+            _ => None,
+        };
+        assert_eq!(gid(r#""7""#), Some(7));
+        assert_eq!(gid("7"), Some(7));
+        assert_eq!(gid(&format!("\"{}\"", u64::MAX)), Some(u64::MAX));
+        assert_eq!(gid(&format!("\"0{}\"", u64::MAX)), None);
+        assert_eq!(gid(r#""+7""#), None);
+        assert_eq!(gid(r#""""#), None);
+        assert_eq!(gid(&format!("\"{}7\"", "0".repeat(100_000))), None);
+        let leave = |n: usize| {
+            let members = vec!["me"; n];
+            let text = serde_json::json!({"type": "group_leave", "gid": "1", "members": members});
+            parse(text.to_string().as_bytes())
+        };
+        assert!(leave(MAX_NAMED_MEMBERS).is_ok());
+        let e = leave(MAX_NAMED_MEMBERS + 1).expect_err("too many");
+        assert!(e.message.contains("at most"), "{}", e.message);
     }
 }

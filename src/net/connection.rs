@@ -46,6 +46,19 @@ pub(super) struct Connection {
     /// The close code sent or received first, 0 while there is none (for the service's
     /// `closed`, which reports 1006 for a connection that ended without one).
     pub close_code: u16,
+    /// Output was dropped for going over the hard cap: nothing more is queued, and our
+    /// close frame is the next thing after `frame_rest`.
+    pub shed: bool,
+    /// The service asked to hear when the output has drained to the soft cap.
+    pub watch_output: bool,
+    /// Bytes at the front of `unsent` that finish a frame the kernel already took the
+    /// start of. Whatever else is dropped, these go out first, or the peer would read the
+    /// next frame as the rest of that one.
+    pub frame_rest: usize,
+    /// When the message being received began (clock ms), 0 while none is: a message must
+    /// complete within the message timeout, or a peer could pin its assembly buffer by
+    /// dripping it.
+    pub message_began: u64,
 }
 
 impl Connection {
@@ -64,7 +77,28 @@ impl Connection {
             read_blocked: false,
             dirty: false,
             close_code: 0,
+            shed: false,
+            watch_output: false,
+            frame_rest: 0,
+            message_began: 0,
         }
+    }
+
+    /// Drops every queued byte except the rest of a frame already begun on the wire, and
+    /// refuses all output from now on. Returns how many bytes were dropped.
+    pub fn shed_output(&mut self) -> usize {
+        let keep = self.frame_rest;
+        let dropped = self.unsent.len() - keep;
+        self.unsent.truncate(keep);
+        self.unsent.shrink_to_fit();
+        self.shed = true;
+        dropped
+    }
+
+    /// After `written` bytes of `unsent` followed by `fresh` went to the kernel, records
+    /// how much of a frame begun on the wire is left at the front of what remains.
+    pub fn note_written(&mut self, written: usize, fresh: &[u8]) {
+        self.frame_rest = frame_rest_after(&self.unsent, self.frame_rest, written, fresh);
     }
 
     /// Records the close code sent or received, unless one already was: the first one is
@@ -82,5 +116,65 @@ impl Connection {
             Phase::Upgraded(_) => true,
             Phase::Linger { upgraded, .. } => upgraded,
         }
+    }
+}
+
+/// How many bytes at the front of what is left after `written` bytes of `queued` then
+/// `fresh` went out belong to a frame whose start went out. `queued` holds whole frames
+/// after its first `rest` bytes and `fresh` holds whole frames, so a walk over headers
+/// starts on one.
+fn frame_rest_after(queued: &[u8], rest: usize, written: usize, fresh: &[u8]) -> usize {
+    let (buf, start, consumed) = if written <= queued.len() {
+        (queued, rest, written)
+    } else {
+        (fresh, 0, written - queued.len())
+    };
+    // All of a buffer written ends on a frame boundary: no walk needed.
+    if consumed == buf.len() {
+        return 0;
+    }
+    let mut boundary = start;
+    while boundary < consumed {
+        boundary += crate::ws::frame::next_boundary(&buf[boundary..]);
+    }
+    boundary - consumed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::frame_rest_after;
+    use crate::ws::frame::{write_frame, OpCode};
+
+    fn frames(lens: &[usize]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for &len in lens {
+            write_frame(&mut out, true, OpCode::Text, &vec![b'x'; len], None);
+        }
+        out
+    }
+
+    #[test]
+    fn the_rest_of_a_frame_cut_by_a_write_is_found_in_either_buffer() {
+        // Frames of 2 + 10, 4 + 200 and 2 + 5 bytes.
+        let queued = frames(&[10, 200, 5]);
+        let fresh = frames(&[3, 70_000]);
+        let q = queued.len();
+        assert_eq!(frame_rest_after(&queued, 0, 0, &fresh), 0);
+        assert_eq!(frame_rest_after(&queued, 0, 5, &fresh), 12 - 5);
+        assert_eq!(frame_rest_after(&queued, 0, 12, &fresh), 0);
+        assert_eq!(frame_rest_after(&queued, 0, 13, &fresh), 204 - 1);
+        assert_eq!(frame_rest_after(&queued, 0, q, &fresh), 0);
+        assert_eq!(frame_rest_after(&queued, 0, q + 1, &fresh), 5 - 1);
+        assert_eq!(
+            frame_rest_after(&queued, 0, q + 5 + 10, &fresh),
+            70_010 - 10
+        );
+        assert_eq!(frame_rest_after(&queued, 0, q + fresh.len(), &fresh), 0);
+        // Queued output that starts with the rest of a frame: the walk starts after it.
+        let mut tail_first = vec![b'x'; 7];
+        tail_first.extend_from_slice(&queued);
+        assert_eq!(frame_rest_after(&tail_first, 7, 3, &fresh), 4);
+        assert_eq!(frame_rest_after(&tail_first, 7, 7, &fresh), 0);
+        assert_eq!(frame_rest_after(&tail_first, 7, 8, &fresh), 11);
     }
 }

@@ -23,17 +23,32 @@ use crate::ws::handshake::{Request, Upgrade};
 
 /// Whether an upgrade request becomes a WebSocket connection.
 pub enum Admission {
-    /// Send `101`; echo `protocol` in `Sec-WebSocket-Protocol` when given.
-    Accept { protocol: Option<&'static str> },
+    /// Send `101`; echo `protocol` in `Sec-WebSocket-Protocol` when given. Messages over
+    /// `max_message` bytes, or over the listener's `--max-message` (`None`: that alone),
+    /// are refused with 1009, so each endpoint bounds what one half-received message can
+    /// pin to what it needs.
+    Accept {
+        protocol: Option<&'static str>,
+        max_message: Option<usize>,
+    },
     /// The service wrote a complete HTTP response (401, 403, …); the connection ends.
     Refuse,
+}
+
+/// What the reactor knows that a service answering a request head may need.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NetStats {
+    /// The reactor's clock for this wake-up, in ms.
+    pub now: u64,
+    /// Output queued in the server for every connection, not yet taken by the kernel.
+    pub queued_bytes: usize,
 }
 
 /// The application on top of the reactor. Every call runs on the reactor thread and must
 /// not block. Output goes through [`Out`], to the connection at hand or to any other.
 pub trait Service {
     /// A request that is not a WebSocket upgrade: write a complete HTTP response.
-    fn http(&mut self, request: &Request<'_>, peer: SocketAddr, out: &mut Vec<u8>);
+    fn http(&mut self, request: &Request<'_>, peer: SocketAddr, net: NetStats, out: &mut Vec<u8>);
 
     /// An upgrade request that passed RFC 6455 §4.2.1 validation, for connection `conn`.
     /// A refusal writes its HTTP response to `response`.
@@ -43,6 +58,7 @@ pub trait Service {
         request: &Request<'_>,
         upgrade: &Upgrade<'_>,
         peer: SocketAddr,
+        net: NetStats,
         response: &mut Vec<u8>,
     ) -> Admission;
 
@@ -56,6 +72,10 @@ pub trait Service {
     /// code sent or received first, or 1006 when the connection ended without one. What
     /// the service sends to other connections about it goes out in this wake-up.
     fn closed(&mut self, _conn: ConnId, _code: u16, _out: &mut Out<'_>) {}
+
+    /// The backlog of `conn`, which [`Out::await_output`] found over the soft cap, is back
+    /// within it.
+    fn output_drained(&mut self, _conn: ConnId, _out: &mut Out<'_>) {}
 
     /// The service's [`Waker`] was woken (another thread has results for it).
     fn woken(&mut self, _out: &mut Out<'_>) {}

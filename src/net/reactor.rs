@@ -10,7 +10,8 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use super::connection::{Connection, Phase};
-use super::{Admission, Out, Service};
+use super::out::SLOW_CONSUMER;
+use super::{Admission, NetStats, Out, Service};
 use crate::clock::Clock;
 use crate::config::NetConfig;
 use crate::signal::Signals;
@@ -118,6 +119,10 @@ struct Reactor<S> {
     closes: Vec<(ConnId, u16, &'static str)>,
     /// Connections whose read budget ran out with input still queued.
     still_readable: Vec<ConnId>,
+    /// Connections whose output drained to the soft cap while the service waited for it.
+    relieved: Vec<ConnId>,
+    /// Bytes in every connection's `unsent`, for `/metrics`.
+    queued_bytes: usize,
     config: NetConfig,
     service: S,
 }
@@ -164,6 +169,8 @@ impl<S: Service> Reactor<S> {
             dirty: Vec::new(),
             closes: Vec::new(),
             still_readable: Vec::new(),
+            relieved: Vec::new(),
+            queued_bytes: 0,
             config,
             service,
         })
@@ -243,8 +250,9 @@ impl<S: Service> Reactor<S> {
             }
             // One write per connection per wake-up, however many messages it was sent. A
             // failed write drops its connection, and the service may send to others about
-            // it (presence), so go round until nothing new is dirty.
-            while !self.dirty.is_empty() {
+            // it (presence); a connection whose output drained lets the service start more
+            // work for it: go round until nothing new is dirty.
+            while !self.dirty.is_empty() || !self.relieved.is_empty() {
                 let mut dirty = std::mem::take(&mut self.dirty);
                 for id in dirty.drain(..) {
                     if self.live(id.to_u64()).is_some() {
@@ -255,7 +263,14 @@ impl<S: Service> Reactor<S> {
                 if self.dirty.is_empty() {
                     self.dirty = dirty;
                 }
+                for id in std::mem::take(&mut self.relieved) {
+                    if self.live(id.to_u64()).is_some() {
+                        self.with_service(None, |service, out| service.output_drained(id, out));
+                    }
+                }
             }
+            #[cfg(debug_assertions)]
+            self.check_queued_bytes();
             if self.scratch.capacity() > SCRATCH_KEEP {
                 self.scratch = Vec::with_capacity(READ_BUF);
             }
@@ -448,8 +463,13 @@ impl<S: Service> Reactor<S> {
             scratch,
             service,
             config,
+            queued_bytes,
             ..
         } = self;
+        let net = NetStats {
+            now: self.now,
+            queued_bytes: *queued_bytes,
+        };
         let conn = &mut conns[id.index as usize];
         let Phase::Handshake { pending, peer } = &mut conn.phase else {
             return Flow::Continue;
@@ -473,7 +493,15 @@ impl<S: Service> Reactor<S> {
                 return Flow::Continue;
             }
             Ok(Some((request, used))) => (
-                respond(id, &request, peer, service, scratch, config.max_message),
+                respond(
+                    id,
+                    &request,
+                    peer,
+                    net,
+                    service,
+                    scratch,
+                    config.max_message,
+                ),
                 input[used..].to_vec(),
             ),
             Err(error) => {
@@ -488,7 +516,12 @@ impl<S: Service> Reactor<S> {
         }
         let deadline = self.now + self.config.idle_timeout_ms;
         self.arm(id, deadline);
-        self.with_service(Some(id), |service, out| service.opened(id, out));
+        // The `101` in the shared buffer is not the service's to drop if it sheds output.
+        let handshake_response = self.scratch.len();
+        let (service, mut out) = self.service_and_out(Some(id));
+        out.scratch_floor = handshake_response;
+        service.opened(id, &mut out);
+        self.apply_closes(Some(id));
         if self.live(id.to_u64()).is_none() {
             return Flow::Dropped;
         }
@@ -552,7 +585,19 @@ impl<S: Service> Reactor<S> {
             return self.start_linger(id);
         }
         ws.release_idle_memory();
-        self.conns[id.index as usize].phase = Phase::Upgraded(ws);
+        let open = ws.state() == WsState::Open;
+        let mid_message = ws.mid_message();
+        let conn = &mut self.conns[id.index as usize];
+        conn.phase = Phase::Upgraded(ws);
+        if !mid_message {
+            conn.message_began = 0;
+        } else if open && conn.message_began == 0 {
+            // A message left half-received: its deadline may come before the idle one.
+            conn.message_began = self.now.max(1);
+            let idle_at = conn.last_read + self.config.idle_timeout_ms;
+            let deadline = idle_at.min(self.now + self.config.message_timeout_ms);
+            self.arm(id, deadline);
+        }
         self.apply_closes(Some(id));
         Flow::Continue
     }
@@ -564,19 +609,36 @@ impl<S: Service> Reactor<S> {
             scratch,
             dirty,
             closes,
+            queued_bytes,
             service,
+            config,
             now,
             ..
         } = self;
         let out = Out {
             conns,
             scratch,
+            scratch_floor: 0,
             current,
             dirty,
             closes,
+            queued: queued_bytes,
+            soft_cap: config.out_soft_cap,
+            hard_cap: config.out_hard_cap,
             now: *now,
         };
         (service, out)
+    }
+
+    /// The running total of queued output is kept by hand at every change of an `unsent`;
+    /// debug builds (the tests) check it against the real sum after every wake-up.
+    #[cfg(debug_assertions)]
+    fn check_queued_bytes(&self) {
+        if self.conns.len() > 4096 {
+            return;
+        }
+        let real: usize = self.conns.iter().map(|(_, c)| c.unsent.len()).sum();
+        assert_eq!(self.queued_bytes, real, "queued output out of step");
     }
 
     /// Calls the service with an [`Out`] (for `current`, if any), then applies the closes
@@ -611,7 +673,12 @@ impl<S: Service> Reactor<S> {
         } else {
             &mut conn.unsent
         };
-        if ws.close(code, reason, out) {
+        let before = out.len();
+        let closed = ws.close(code, reason, out);
+        if !into_scratch {
+            self.queued_bytes += conn.unsent.len() - before;
+        }
+        if closed {
             conn.note_close(code);
             if !into_scratch && !conn.dirty {
                 conn.dirty = true;
@@ -658,27 +725,41 @@ impl<S: Service> Reactor<S> {
                     }
                 }
             };
+            conn.note_written(written, scratch);
+            let queued_before = conn.unsent.len();
             let from_unsent = written.min(conn.unsent.len());
             conn.unsent.drain(..from_unsent);
             let from_scratch = written - from_unsent;
             conn.unsent.extend_from_slice(&scratch[from_scratch..]);
             scratch.clear();
+            self.queued_bytes = self.queued_bytes - queued_before + conn.unsent.len();
         }
         if conn.unsent.is_empty() && conn.unsent.capacity() > 0 {
             conn.unsent = Vec::new();
         }
-        // Only once: a connection already lingering keeps the deadline it was given, or a
-        // peer that trickles bytes in could push it back forever.
-        if conn.unsent.len() > config.out_hard_cap && matches!(conn.phase, Phase::Upgraded(_)) {
-            // A consumer this slow would make us hold its backlog without bound: close
-            // with 1008 (PROTOCOL.md, bounded). The close frame queues behind the backlog;
-            // if it cannot get through within the close timeout, the socket just goes.
+        // Output that bypassed `Out` (pongs, close echoes) is bounded here. A consumer
+        // this slow would make us hold its backlog without bound: drop it and close with
+        // 1008; the close frame goes next, not behind the backlog.
+        let mut close_deadline = None;
+        if conn.unsent.len() > config.out_hard_cap
+            && !conn.shed
+            && matches!(&conn.phase, Phase::Upgraded(ws) if ws.state() == WsState::Open)
+        {
+            self.queued_bytes -= conn.shed_output();
+            let before = conn.unsent.len();
             if let Phase::Upgraded(ws) = &mut conn.phase {
-                ws.close(close_code::POLICY, "slow consumer", &mut conn.unsent);
+                ws.close(close_code::POLICY, SLOW_CONSUMER, &mut conn.unsent);
             }
+            self.queued_bytes += conn.unsent.len() - before;
             conn.note_close(close_code::POLICY);
-            conn.phase = lingering(true);
-            self.start_linger(id);
+            close_deadline = Some(self.now + config.close_timeout_ms);
+        }
+        if conn.watch_output && conn.unsent.len() <= config.out_soft_cap {
+            conn.watch_output = false;
+            self.relieved.push(id);
+        }
+        if let Some(deadline) = close_deadline {
+            self.arm(id, deadline);
         }
         if !self.update_interest(id) {
             return;
@@ -730,20 +811,28 @@ impl<S: Service> Reactor<S> {
         };
         let now = self.now;
         let idle_timeout = self.config.idle_timeout_ms;
+        let message_timeout = self.config.message_timeout_ms;
         let conn = self.conn(id);
         conn.timer = None;
         match &conn.phase {
             // Slowloris: the deadline is fixed at accept, however slowly bytes trickle in.
             Phase::Handshake { .. } => self.drop_conn(id),
             Phase::Upgraded(ws) if ws.state() == WsState::Open => {
-                let idle_since = conn.last_read;
-                if now >= idle_since + idle_timeout {
+                let idle_at = conn.last_read + idle_timeout;
+                let message_at =
+                    (conn.message_began != 0).then(|| conn.message_began + message_timeout);
+                if message_at.is_some_and(|at| now >= at) {
+                    // Dripping a message keeps the connection from idling, but must not
+                    // let it pin its assembly buffer for ever.
+                    self.begin_close(id, close_code::POLICY, "message too slow", true);
+                    self.flush(id);
+                } else if now >= idle_at {
                     self.begin_close(id, close_code::GOING_AWAY, "idle timeout", true);
                     self.flush(id);
                 } else {
                     // Activity since the timer was set: re-arm from the last read instead of
                     // having rescheduled on every frame.
-                    self.arm(id, idle_since + idle_timeout);
+                    self.arm(id, message_at.map_or(idle_at, |at| at.min(idle_at)));
                 }
             }
             // The peer did not answer our close, or did not close TCP after the handshake.
@@ -797,6 +886,7 @@ impl<S: Service> Reactor<S> {
             return;
         }
         let conn = self.conns.remove(id.index as usize);
+        self.queued_bytes -= conn.unsent.len();
         if let Some(timer) = conn.timer {
             self.wheel.cancel(timer);
         }
@@ -822,12 +912,13 @@ fn respond<S: Service>(
     id: ConnId,
     request: &handshake::Request<'_>,
     peer: SocketAddr,
+    net: NetStats,
     service: &mut S,
     out: &mut Vec<u8>,
     max_message: usize,
 ) -> Phase {
     if !request.is_websocket() {
-        service.http(request, peer, out);
+        service.http(request, peer, net, out);
         return lingering(false);
     }
     match request.websocket() {
@@ -835,9 +926,13 @@ fn respond<S: Service>(
             handshake::write_rejection(out, error);
             lingering(false)
         }
-        Ok(upgrade) => match service.upgrade(id, request, &upgrade, peer, out) {
-            Admission::Accept { protocol } => {
+        Ok(upgrade) => match service.upgrade(id, request, &upgrade, peer, net, out) {
+            Admission::Accept {
+                protocol,
+                max_message: endpoint_max,
+            } => {
                 handshake::write_accept(out, upgrade.key(), protocol);
+                let max_message = endpoint_max.map_or(max_message, |m| m.min(max_message));
                 Phase::Upgraded(WsConn::new(Role::Server, max_message))
             }
             Admission::Refuse => lingering(false),

@@ -96,6 +96,13 @@ impl Conn {
         self.state
     }
 
+    /// Whether a message (or a frame, or a frame header) has begun and not yet ended: what
+    /// a message deadline runs against, since a peer that starts a message and stalls pins
+    /// its assembly buffer.
+    pub fn mid_message(&self) -> bool {
+        self.message.is_some() || self.frame.is_some() || self.head_len > 0
+    }
+
     /// Decodes from `input` up to and including the next event. Returns how many bytes
     /// were consumed and the event, or `None` when all of `input` was consumed without
     /// completing one. Call again with the rest of the input until it is all consumed.

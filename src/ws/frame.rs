@@ -287,6 +287,32 @@ impl FrameHeader {
     }
 }
 
+/// Bytes a frame with a `payload_len` payload takes on the wire, header included (no
+/// mask: what a server sends), so output can be bounded before it is framed.
+pub fn encoded_len(payload_len: usize) -> usize {
+    let header = match payload_len {
+        0..=125 => 2,
+        126..=0xFFFF => 4,
+        _ => 10,
+    };
+    header + payload_len
+}
+
+/// Where the frame starting at `buf[0]` ends, read from its header: for walking a queue of
+/// frames this side encoded (whole headers, lengths already checked), never for input.
+pub fn next_boundary(buf: &[u8]) -> usize {
+    let masked = buf[1] & 0x80 != 0;
+    let (header, len) = match buf[1] & 0x7F {
+        126 => (4, u64::from(u16::from_be_bytes([buf[2], buf[3]]))),
+        127 => (
+            10,
+            u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes")),
+        ),
+        len => (2, u64::from(len)),
+    };
+    header + if masked { 4 } else { 0 } + len as usize
+}
+
 /// Appends one complete frame to `out`, masking the payload copy when `mask` is given
 /// (client role); the caller's payload is left untouched.
 pub fn write_frame(
@@ -447,6 +473,26 @@ mod tests {
             Err(ProtocolError::ControlTooLong)
         );
         assert!(parse(&[0x89, 0x80 | 125, 1, 2, 3, 4]).unwrap().is_some());
+    }
+
+    #[test]
+    fn encoded_len_and_next_boundary_agree_with_write_frame() {
+        for len in [0usize, 1, 125, 126, 127, 0xFFFF, 0x10000, 70_000] {
+            let payload = vec![7u8; len];
+            for mask in [None, Some([1, 2, 3, 4])] {
+                let mut out = Vec::new();
+                write_frame(&mut out, true, OpCode::Text, &payload, mask);
+                out.extend_from_slice(&[0x81, 0]);
+                assert_eq!(
+                    next_boundary(&out),
+                    out.len() - 2,
+                    "len {len} mask {mask:?}"
+                );
+                if mask.is_none() {
+                    assert_eq!(encoded_len(len), out.len() - 2);
+                }
+            }
+        }
     }
 
     #[test]

@@ -62,6 +62,14 @@ pub enum HandshakeError {
     TooManyProtocolLines,
     /// `Sec-WebSocket-Version` is missing or not `13` (§4.2.1 item 6, §4.4).
     UnsupportedVersion,
+    /// A `Transfer-Encoding`, or a `Content-Length` other than 0: the upgrade announces a
+    /// body. Nothing may follow an upgrade request's head but frames, so the body would be
+    /// read as frames; a proxy in front that framed the request by its body would disagree
+    /// with us about where the frames start (request smuggling).
+    UpgradeWithBody,
+    /// A `Content-Length` that is not a plain decimal, or more than one (RFC 9112 §6.3:
+    /// the message's framing is then unknown, a 400).
+    BadContentLength,
 }
 
 impl HandshakeError {
@@ -85,7 +93,9 @@ impl HandshakeError {
             | HandshakeError::MissingKey
             | HandshakeError::DuplicateKey
             | HandshakeError::BadKey
-            | HandshakeError::TooManyProtocolLines => 400,
+            | HandshakeError::TooManyProtocolLines
+            | HandshakeError::UpgradeWithBody
+            | HandshakeError::BadContentLength => 400,
         }
     }
 
@@ -106,6 +116,8 @@ impl HandshakeError {
             HandshakeError::BadKey => "Sec-WebSocket-Key must be base64 of 16 bytes",
             HandshakeError::TooManyProtocolLines => "too many Sec-WebSocket-Protocol headers",
             HandshakeError::UnsupportedVersion => "Sec-WebSocket-Version must be 13",
+            HandshakeError::UpgradeWithBody => "websocket upgrade must not have a body",
+            HandshakeError::BadContentLength => "malformed or repeated Content-Length",
         }
     }
 
@@ -261,6 +273,9 @@ impl<'a> Request<'a> {
         if hosts.next().is_some() {
             return Err(HandshakeError::DuplicateHost);
         }
+        // Before the WebSocket checks: whatever else is wrong with it, a request whose
+        // framing says a body follows must not have that body read as frames.
+        self.no_body()?;
         // §4.2.1 item 3: "An |Upgrade| header field containing the value "websocket",
         // treated as an ASCII case-insensitive value."
         if !self.any_list_element("upgrade", b"websocket") {
@@ -314,6 +329,30 @@ impl<'a> Request<'a> {
             protocols,
             protocol_lines,
         })
+    }
+
+    /// An upgrade is a GET with no body (§4.1 has the client send frames only after the
+    /// 101). One that announces a body is refused, as nginx does, rather than having that
+    /// body run as frames. `Content-Length: 0` announces none and passes.
+    fn no_body(&self) -> Result<(), HandshakeError> {
+        // Any value: `chunked`, `identity`, or one we do not know, all say "a body follows
+        // framed some way", and RFC 9112 §6.1 has Transfer-Encoding override Content-Length.
+        if self.headers_named("transfer-encoding").next().is_some() {
+            return Err(HandshakeError::UpgradeWithBody);
+        }
+        let mut lengths = self.headers_named("content-length");
+        let Some(length) = lengths.next() else {
+            return Ok(());
+        };
+        // RFC 9110 §8.6: `Content-Length = 1*DIGIT`. A list (`0, 0`), a sign or a second
+        // line is refused, not interpreted: framing nobody agrees on is the smuggler's tool.
+        if lengths.next().is_some() || length.is_empty() || !length.iter().all(u8::is_ascii_digit) {
+            return Err(HandshakeError::BadContentLength);
+        }
+        if length.iter().any(|&b| b != b'0') {
+            return Err(HandshakeError::UpgradeWithBody);
+        }
+        Ok(())
     }
 
     fn headers_named<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'a [u8]> + 's {
@@ -1015,6 +1054,57 @@ mod tests {
     }
 
     #[test]
+    fn an_upgrade_with_a_body_is_400() {
+        use HandshakeError::{BadContentLength, UpgradeWithBody};
+        // No body announced: accepted, whatever the spelling of zero.
+        for lines in ["Content-Length: 0\r\n", "content-length: 000\r\n"] {
+            assert!(upgrade(&with("content-length", lines)).is_ok(), "{lines}");
+        }
+        let cases = [
+            ("Content-Length: 1\r\n", UpgradeWithBody),
+            ("Content-Length: 18\r\n", UpgradeWithBody),
+            ("Content-Length: 0001\r\n", UpgradeWithBody),
+            (
+                "Content-Length: 99999999999999999999999999\r\n",
+                UpgradeWithBody,
+            ),
+            ("Transfer-Encoding: chunked\r\n", UpgradeWithBody),
+            ("transfer-encoding: identity\r\n", UpgradeWithBody),
+            ("Transfer-Encoding: \r\n", UpgradeWithBody),
+            (
+                "Transfer-Encoding: chunked\r\nContent-Length: 0\r\n",
+                UpgradeWithBody,
+            ),
+            ("Content-Length: \r\n", BadContentLength),
+            ("Content-Length: -1\r\n", BadContentLength),
+            ("Content-Length: +5\r\n", BadContentLength),
+            ("Content-Length: 0x10\r\n", BadContentLength),
+            ("Content-Length: 0, 0\r\n", BadContentLength),
+            ("Content-Length: 1 2\r\n", BadContentLength),
+            (
+                "Content-Length: 0\r\nContent-Length: 0\r\n",
+                BadContentLength,
+            ),
+            (
+                "Content-Length: 0\r\nContent-Length: 5\r\n",
+                BadContentLength,
+            ),
+        ];
+        for (lines, expected) in cases {
+            let request = with("content-length", lines);
+            assert_eq!(upgrade(&request), Err(expected), "{lines:?}");
+            assert_eq!(expected.status(), 400);
+        }
+        // The wire answer names the fault in a line.
+        let wire = rejection(UpgradeWithBody);
+        assert!(wire.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{wire}");
+        assert!(wire.ends_with("\r\n\r\nwebsocket upgrade must not have a body\n"));
+        // A plain GET with a body is not an upgrade: its answer is the service's business.
+        let plain = parse("GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\n");
+        assert!(!plain.is_websocket());
+    }
+
+    #[test]
     fn malformed_heads_are_400() {
         assert_eq!(
             parse_request(b"GET /ws HTTP/1.1\r\nBad Header: x\r\n\r\n"),
@@ -1073,6 +1163,8 @@ mod tests {
             BadKey,
             TooManyProtocolLines,
             UnsupportedVersion,
+            UpgradeWithBody,
+            BadContentLength,
         ] {
             let wire = rejection(err);
             let body = format!("{err}\n");

@@ -302,6 +302,10 @@ struct Harness {
     now: Now,
     /// Jobs the hub asked for and the test has not run or refused yet, oldest first.
     queue: VecDeque<Job>,
+    /// Plays a reactor whose connections do not read: an `AwaitOutput` is held here until
+    /// the test drains it, instead of being answered at once.
+    hold_output: bool,
+    awaiting_output: Vec<ConnKey>,
 }
 
 impl Harness {
@@ -327,13 +331,27 @@ impl Harness {
                 wall: WALL0,
             },
             queue: VecDeque::new(),
+            hold_output: false,
+            awaiting_output: Vec::new(),
         }
     }
 
     fn collect(&mut self, actions: Vec<Action>) -> Out {
         let mut out = Out::default();
-        for action in actions {
+        let mut actions = VecDeque::from(actions);
+        while let Some(action) = actions.pop_front() {
             out.0.push(match action {
+                Action::AwaitOutput { conn } if self.hold_output => {
+                    self.awaiting_output.push(conn);
+                    continue;
+                }
+                // A reactor whose clients read keeps every backlog within the soft cap.
+                Action::AwaitOutput { conn } => {
+                    let mut more = Vec::new();
+                    self.hub.output_drained(conn, self.now, &mut more);
+                    actions.extend(more);
+                    continue;
+                }
                 Action::Send { conn, text, .. } => {
                     let value: Value = serde_json::from_slice(&text)
                         .unwrap_or_else(|e| panic!("frame to {conn} is not JSON ({e}): {text:?}"));
@@ -358,6 +376,17 @@ impl Harness {
 
     fn connect(&mut self, conn: ConnKey, user: &str) -> Out {
         self.call(|hub, now, out| hub.connect(conn, user, now, out))
+    }
+
+    /// The output of `conn`, held since its `AwaitOutput`, drained.
+    fn drain_output(&mut self, conn: ConnKey) -> Out {
+        let held = self.awaiting_output.len();
+        self.awaiting_output.retain(|&c| c != conn);
+        assert!(
+            self.awaiting_output.len() < held,
+            "conn {conn} was not awaiting output"
+        );
+        self.call(|hub, now, out| hub.output_drained(conn, now, out))
     }
 
     fn disconnect(&mut self, conn: ConnKey) -> Out {
@@ -1287,6 +1316,12 @@ impl Sim {
                     } else {
                         self.reads.push(job);
                     }
+                }
+                // The drain comes later, as it does from a real reactor.
+                Action::AwaitOutput { conn } => {
+                    let mut more = Vec::new();
+                    self.hub.output_drained(conn, self.now, &mut more);
+                    self.deferred.push_back(more);
                 }
                 Action::Close { conn, code, .. } => {
                     self.note(|| format!("  close {conn} {code}"));
@@ -2763,4 +2798,78 @@ fn group_leave_removes_only_the_caller() {
         h.queue.front(),
         Some(Job::GroupLeave { gid: 7, .. })
     ));
+}
+
+#[test]
+fn a_client_that_does_not_read_gets_no_second_answer_until_its_output_drains() {
+    let mut h = Harness::new(HubConfig::default());
+    h.hold_output = true;
+    h.connect(1, "ann");
+    for rid in 1..=3 {
+        h.req(1, json!({"type": "convs", "rid": rid}));
+    }
+    assert_eq!(h.queue.len(), 1, "one query at a time");
+    let out = answer_convs(&mut h);
+    assert_eq!(out.typed(1, "convs").len(), 1);
+    assert_eq!(
+        h.awaiting_output,
+        [1],
+        "the answer is queued: the hub waits for it"
+    );
+    assert!(
+        h.queue.is_empty(),
+        "no second read starts while the first answer is unread"
+    );
+    // A sync waits its turn behind them: nothing is refused or lost, only held.
+    h.req(1, json!({"type": "sync", "after": 0, "rid": 9}));
+    assert!(h.queue.is_empty());
+    h.drain_output(1);
+    assert_eq!(
+        h.queue.len(),
+        1,
+        "the next convs starts once the output drained"
+    );
+    answer_convs(&mut h);
+    assert!(h.queue.is_empty());
+    h.drain_output(1);
+    answer_convs(&mut h);
+    h.drain_output(1);
+    assert!(
+        matches!(h.queue.front(), Some(Job::Page { .. })),
+        "then the sync: {:?}",
+        h.queue
+    );
+}
+
+#[test]
+fn catch_up_reads_wait_for_the_output_of_the_last_page_to_drain() {
+    let config = HubConfig {
+        window: 2,
+        ..HubConfig::default()
+    };
+    let mut h = Harness::new(config);
+    h.hold_output = true;
+    h.connect(1, "ann");
+    h.connect(2, "bob");
+    for i in 0..6 {
+        h.commit(1, "bob", &format!("c{i}"));
+    }
+    // Two live pushes fill bob's window; his ack lets a catch-up read bring the next two.
+    h.ack(2, 2);
+    let out = h.complete();
+    assert_eq!(out.msg_seqs(2), [3, 4]);
+    assert_eq!(
+        h.awaiting_output,
+        [2],
+        "the page is queued: the hub waits for it"
+    );
+    h.ack(2, 4);
+    assert!(
+        h.queue.is_empty(),
+        "no read while the page is unread: {:?}",
+        h.queue
+    );
+    h.drain_output(2);
+    let out = h.complete();
+    assert_eq!(out.msg_seqs(2), [5, 6]);
 }

@@ -1,0 +1,208 @@
+//! What one client may cost the server, whatever it sends (issue 13): the output a
+//! connection can make the server hold, the endpoints an anonymous client can reach and
+//! what they pin, messages that never finish, requests past the largest legal one, and the
+//! connections one user may hold. Each test runs against a real `courier serve` on
+//! loopback and decides by what arrives, never by how fast.
+
+mod im_support;
+
+use std::io::Write;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use im_support::*;
+use serde_json::json;
+
+/// One gauge of `/metrics`, by exact name.
+fn gauge(server: &Server, name: &str) -> f64 {
+    let (status, body) = http_get(server.addr, "/metrics");
+    assert_eq!(status, 200);
+    body.lines()
+        .find_map(|line| {
+            let (key, value) = line.split_once(' ')?;
+            (key == name).then(|| value.trim().parse().expect("a number"))
+        })
+        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+}
+
+/// An IM upgrade from a raw socket: the `101` and the `welcome` are read, the socket is
+/// handed back for frames a well-behaved client library will not write.
+fn raw_im(server: &Server, user: &str) -> std::net::TcpStream {
+    let (status, head, mut stream) =
+        raw_upgrade(server.addr, &format!("/ws?token={}", token(user)), &[]);
+    assert_eq!(status, 101, "{head}");
+    let (opcode, welcome) = read_raw_frame(&mut stream).expect("the welcome");
+    assert_eq!(opcode, 0x1);
+    assert!(String::from_utf8_lossy(&welcome).contains("welcome"));
+    stream
+}
+
+#[test]
+fn a_client_that_asks_faster_than_it_reads_gets_every_answer_late_not_a_flood() {
+    const SOFT: f64 = 64.0 * 1024.0;
+    const HARD: f64 = 4.0 * 1024.0 * 1024.0;
+    let server = Server::start(&[
+        "--out-soft-cap",
+        "64KiB",
+        "--out-hard-cap",
+        "4MiB",
+        "--rate",
+        "100000",
+    ]);
+    // Twenty bodies JSON writes sixfold (\u0001): a history page of them is about 2 MiB,
+    // so thirty unread pages would be ~60 MiB, far past the hard cap.
+    let mut alice = server.connect("alice");
+    let body = "\u{1}".repeat(16 * 1024);
+    for i in 0..20 {
+        alice.send_msg("alice", &format!("c{i}"), &body);
+        alice.expect("sent");
+    }
+    let pages = 30;
+    let mut reader = Client::connect_small_window(server.addr, "alice", 4096);
+    for rid in 0..pages {
+        reader.queue(json!({"type": "history", "conv": "dm:alice:alice", "limit": 20, "rid": rid}));
+    }
+    reader.flush();
+    // The reader reads nothing: the server holds its answers back instead of queueing
+    // them all. The gauge shows what it holds, and that stays under the hard cap.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut peak = 0.0f64;
+    let mut samples_over_soft = 0;
+    while samples_over_soft < 10 {
+        let queued = gauge(&server, "courier_output_queued_bytes");
+        assert!(queued <= HARD, "{queued} bytes queued, over the hard cap");
+        peak = peak.max(queued);
+        if queued > SOFT {
+            samples_over_soft += 1;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the backlog never showed in courier_output_queued_bytes (peak {peak})"
+        );
+        sleep(Duration::from_millis(50));
+    }
+    // Reading now brings every answer, in order, and the connection stays.
+    for rid in 0..pages {
+        let history = reader.next_json_within(Duration::from_secs(30));
+        assert_eq!(history["type"], "history", "{}", history["type"]);
+        assert_eq!(history["rid"], rid);
+        assert_eq!(history["msgs"].as_array().map(Vec::len), Some(20));
+    }
+    reader.assert_alive();
+    eprintln!("peak queued output: {peak} bytes");
+}
+
+#[test]
+fn echo_is_off_by_default_and_when_on_obeys_origin_address_slots_and_its_own_limit() {
+    let server = Server::start(&[]);
+    let (status, _, _) = raw_upgrade(server.addr, "/echo", &[]);
+    assert_eq!(status, 404, "no anonymous endpoint unless asked for");
+
+    let server = Server::start(&[
+        "--echo",
+        "on",
+        "--origin",
+        "https://chat.example",
+        "--max-per-address",
+        "2",
+        "--echo-max-message",
+        "1KiB",
+    ]);
+    let (status, _, _) = raw_upgrade(server.addr, "/echo", &[("Origin", "https://evil.example")]);
+    assert_eq!(status, 403, "the Origin allow-list covers /echo");
+    let good = [("Origin", "https://chat.example")];
+    let mut first = Client::open(server.addr, "/echo", &good);
+    let _second = Client::open(server.addr, "/echo", &good);
+    match ws_open(server.addr, "/echo", &good) {
+        Err(e) => assert_eq!(e, "http 429", "the per-address limit covers /echo"),
+        Ok(_) => panic!("a third connection from one address was let in"),
+    }
+    // Echo connections count against the address for /ws too.
+    match ws_open(server.addr, &format!("/ws?token={}", token("ann")), &good) {
+        Err(e) => assert_eq!(e, "http 429"),
+        Ok(_) => panic!("the address's slots were all taken"),
+    }
+    first.send_text(&"e".repeat(1024));
+    assert!(matches!(first.recv(WAIT), Some(Frame::Text(t)) if t.len() == 1024));
+    first.send_text(&"e".repeat(1025));
+    assert_eq!(
+        first.expect_close(WAIT),
+        Some(1009),
+        "over the echo limit, not the 1 MiB of --max-message"
+    );
+}
+
+#[test]
+fn a_message_begun_and_not_finished_is_closed_1008_at_the_message_timeout() {
+    let server = Server::start(&["--message-timeout", "1s", "--echo", "on"]);
+    // A frame whose header promises 100 bytes, of which 10 come.
+    let mut stalled = raw_im(&server, "ann");
+    let frame = raw_frame(true, 0x1, &[b' '; 100], true);
+    stalled.write_all(&frame[..2 + 4 + 10]).unwrap();
+    // A fragmented message whose last fragment never comes, on the anonymous endpoint,
+    // with pings meanwhile: traffic keeps the idle timeout away, not the message deadline.
+    let (status, _, mut fragments) = raw_upgrade(server.addr, "/echo", &[]);
+    assert_eq!(status, 101);
+    fragments
+        .write_all(&raw_frame(false, 0x1, b"{\"type\":", true))
+        .unwrap();
+    fragments
+        .write_all(&raw_frame(true, 0x9, b"hi", true))
+        .unwrap();
+    assert_eq!(raw_close_code(&mut stalled), Some(1008));
+    assert_eq!(raw_close_code(&mut fragments), Some(1008));
+    // A message that completes in time is fine, however it is cut.
+    let mut slow_but_whole = raw_im(&server, "bob");
+    let ping = raw_frame(true, 0x1, br#"{"type":"ping","rid":1}"#, true);
+    for byte in &ping {
+        slow_but_whole.write_all(&[*byte]).unwrap();
+    }
+    let (opcode, pong) = read_raw_frame(&mut slow_but_whole).expect("the pong");
+    assert_eq!(opcode, 0x1);
+    assert!(String::from_utf8_lossy(&pong).contains("pong"));
+}
+
+#[test]
+fn a_request_larger_than_any_legal_one_is_refused_from_its_header() {
+    let server = Server::start(&[]);
+    let limit = courier::im::protocol::max_request_len(16 * 1024);
+    assert!(limit < 1 << 20, "below the 1 MiB --max-message");
+    // Only the header is sent: the answer cannot depend on the payload.
+    let mut stream = raw_im(&server, "ann");
+    let mut header = vec![0x81, 0x80 | 127];
+    header.extend_from_slice(&(limit as u64 + 1).to_be_bytes());
+    header.extend_from_slice(&[1, 2, 3, 4]);
+    stream.write_all(&header).unwrap();
+    assert_eq!(raw_close_code(&mut stream), Some(1009));
+    // The largest legal request still goes through.
+    let mut ann = server.connect("ann");
+    let body = "\u{1}".repeat(16 * 1024);
+    ann.send_msg("ann", "big", &body);
+    assert_eq!(ann.expect("sent")["cid"], "big");
+}
+
+#[test]
+fn one_user_holds_at_most_max_per_user_connections() {
+    let server = Server::start(&["--max-per-user", "2"]);
+    let first = server.connect("ann");
+    let _second = server.connect("ann");
+    match ws_open(server.addr, &format!("/ws?token={}", token("ann")), &[]) {
+        Err(e) => assert_eq!(e, "http 429"),
+        Ok(_) => panic!("a third connection of one user was let in"),
+    }
+    // Other users are not affected.
+    server.connect("bob").assert_alive();
+    // A slot freed is a slot again, once the server has seen the close.
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match ws_open(server.addr, &format!("/ws?token={}", token("ann")), &[]) {
+            Ok(_) => break,
+            Err(e) => {
+                assert_eq!(e, "http 429");
+                assert!(Instant::now() < deadline, "the freed slot never came back");
+                sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
