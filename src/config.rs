@@ -112,7 +112,12 @@ pub const SERVE_FLAGS: &[Flag] = &[
     Flag {
         name: "rate",
         default: "200",
-        help: "requests per second one connection may make on average (burst: twice this)",
+        help: "requests per second one connection may make on average (burst: twice this; an ack counts a tenth)",
+    },
+    Flag {
+        name: "rate-bytes",
+        default: "1MiB",
+        help: "bytes per second one connection may send (burst: twice this); past it the server stops reading it for a while; 0: no limit",
     },
     Flag {
         name: "synchronous",
@@ -437,6 +442,9 @@ impl NetConfig {
         }
         if config.out_hard_cap < config.out_soft_cap {
             return Err("--out-hard-cap must not be below --out-soft-cap".into());
+        }
+        if config.out_hard_cap > 1 << 30 {
+            return Err("--out-hard-cap must be at most 1GiB".into());
         }
         for (name, ms) in [
             ("idle-timeout", config.idle_timeout_ms),

@@ -34,6 +34,7 @@ impl Service for Echo {
         Admission::Accept {
             protocol: None,
             max_message: None,
+            read_rate: 0,
         }
     }
 

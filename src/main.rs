@@ -193,6 +193,8 @@ fn serve(args: &[String]) -> Result<(), String> {
         echo_max_message: values.bytes("echo-max-message")?,
         // Half the slots at most: the benchmark endpoint must never lock IM users out.
         echo_max_connections: (net.max_connections / 2).max(1),
+        read_rate: u32::try_from(values.bytes("rate-bytes")?)
+            .map_err(|_| "--rate-bytes is too large (at most 4 GiB per second)")?,
         auth_failures: u32::try_from(values.count("auth-failures")?)
             .map_err(|_| "--auth-failures is too large")?,
         auth_failure_window_ms: values.millis("auth-failure-window")?,

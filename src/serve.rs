@@ -47,6 +47,8 @@ pub struct ServeConfig {
     /// How many connections `/echo` may hold at once, so it can never take the slots
     /// IM users need.
     pub echo_max_connections: usize,
+    /// `--rate-bytes`: bytes per second one connection may send (0: no limit).
+    pub read_rate: u32,
     /// `--auth-failures`: failed logins per address per window before `429`; 0 is off.
     pub auth_failures: u32,
     /// `--auth-failure-window`.
@@ -78,6 +80,7 @@ pub struct Server {
     ws_max_message: usize,
     echo_max_message: usize,
     echo_max_connections: usize,
+    read_rate: u32,
     /// Failed logins per client address; consulted before every token check.
     login_guard: LoginGuard,
     auth_failure_window_ms: u64,
@@ -117,6 +120,7 @@ impl Server {
             ws_max_message,
             echo_max_message: config.echo_max_message,
             echo_max_connections: config.echo_max_connections,
+            read_rate: config.read_rate,
             login_guard: LoginGuard::new(
                 config.auth_failures,
                 config.auth_failure_window_ms,
@@ -266,6 +270,7 @@ impl Server {
                 Admission::Accept {
                     protocol,
                     max_message: Some(self.ws_max_message),
+                    read_rate: self.read_rate,
                 }
             }
             Err(e) => {
@@ -441,6 +446,7 @@ impl Service for Server {
             Admission::Accept {
                 protocol: None,
                 max_message: Some(self.echo_max_message),
+                read_rate: self.read_rate,
             }
         } else {
             if let Err(retry) = self.login_guard.admit(address_key(client), net.now) {

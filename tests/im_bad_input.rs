@@ -199,6 +199,8 @@ fn a_slow_consumer_is_closed_1008() {
         // done, however long that takes on a loaded machine.
         "--close-timeout",
         "10m",
+        "--rate-bytes",
+        "0",
     ]);
     let mut bob = server.connect("bob");
     let mut alice = server.connect("alice");
@@ -375,7 +377,7 @@ fn a_client_close_is_answered_in_kind() {
 #[test]
 fn a_sync_of_large_messages_is_not_closed_as_a_slow_consumer() {
     // Default flags (16 KiB bodies, 16 MiB output cap, 1000-entry pages) but a high rate.
-    let server = Server::start(&["--rate", "100000"]);
+    let server = Server::start(&["--rate", "100000", "--rate-bytes", "0"]);
     let mut alice = server.connect("alice");
     // Bodies within --max-body (16 KiB) that JSON writes as \u0001: ~96 KiB per msg, so a
     // page of 400 is ~38 MiB, well past the default 16 MiB output cap.

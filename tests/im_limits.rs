@@ -206,3 +206,49 @@ fn one_user_holds_at_most_max_per_user_connections() {
         }
     }
 }
+
+#[test]
+fn a_connection_is_read_no_faster_than_its_byte_budget() {
+    // 64 KiB/s, a burst of 128 KiB; the request rate itself is no limit here.
+    let server = Server::start(&["--rate-bytes", "64KiB", "--rate", "1000000"]);
+    let mut flooder = raw_im(&server, "ann");
+    let ping = raw_frame(
+        true,
+        0x1,
+        format!(r#"{{"type":"ping","pad":"{}"}}"#, "p".repeat(1000)).as_bytes(),
+        true,
+    );
+    let frames: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(ping.len() * 2000)
+        .collect();
+    let started = Instant::now();
+    let mut writer = flooder.try_clone().unwrap();
+    writer
+        .set_write_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    // Two megabytes offered at once: the kernel buffers what the server does not read.
+    let flood = std::thread::spawn(move || {
+        let _ = writer.write_all(&frames);
+    });
+    sleep(Duration::from_secs(1));
+    let read = gauge(&server, "courier_messages_in_total") * ping.len() as f64;
+    let elapsed = started.elapsed().as_secs_f64();
+    // What the budget allows by now: the burst, the refill, and one read's overshoot.
+    let allowed = 128.0 * 1024.0 + 64.0 * 1024.0 * elapsed + 64.0 * 1024.0;
+    assert!(
+        read <= allowed,
+        "read {read} bytes in {elapsed:.2} s, the budget allows {allowed}"
+    );
+    // A bystander is read and answered meanwhile.
+    server.connect("bob").assert_alive();
+    // The flooder is slowed, not dropped: its pings are answered as they are read.
+    let (opcode, pong) = read_raw_frame(&mut flooder).expect("a pong");
+    assert_eq!(opcode, 0x1);
+    assert!(String::from_utf8_lossy(&pong).contains("pong"));
+    // Ends the writer too, if the kernel had not taken all of it.
+    let _ = flooder.shutdown(std::net::Shutdown::Both);
+    let _ = flood.join();
+}

@@ -35,6 +35,9 @@ use crate::timer::{TimerId, Wheel};
 /// cannot grow the hub's memory.
 const MAX_HELD: usize = 256;
 
+/// What an `ack` costs against `--rate`, in thousandths of a request.
+const ACK_COST_MILLI: u64 = 100;
+
 /// Least time between two `typing` requests of one connection: a client sends one every
 /// few seconds while its user types, so faster than this is a flood.
 const TYPING_INTERVAL_MS: u64 = 250;
@@ -416,12 +419,13 @@ impl TokenBucket {
         }
     }
 
-    fn take(&mut self, config: &HubConfig, now: u64) -> bool {
+    /// Takes `cost` thousandths of a request, if the bucket holds them.
+    fn take(&mut self, config: &HubConfig, now: u64, cost: u64) -> bool {
         let refill = now.saturating_sub(self.at) * u64::from(config.rate_per_sec);
         self.milli = (self.milli + refill).min(u64::from(config.rate_burst) * 1000);
         self.at = now;
-        if self.milli >= 1000 {
-            self.milli -= 1000;
+        if self.milli >= cost {
+            self.milli -= cost;
             true
         } else {
             false
@@ -607,26 +611,28 @@ impl Hub {
             return;
         };
         let parsed = protocol::parse(text);
-        // Acks cost nothing to serve, and refusing one would only bring a re-push of what
-        // it acknowledges: they are not rate-limited.
-        let exempt = matches!(parsed, Ok((Request::Ack { .. }, _)));
-        if !exempt {
-            if !session.bucket.take(&self.config, now.mono) {
-                session.strikes += 1;
-                if session.strikes > self.config.rate_strikes {
-                    session.close(conn, POLICY, "request flood", out);
-                    return;
-                }
-                let (rid, cid) = match &parsed {
-                    Ok((Request::Send(send), rid)) => (rid.as_deref(), Some(send.cid.as_str())),
-                    Ok((_, rid)) => (rid.as_deref(), None),
-                    Err(bad) => (bad.rid.as_deref(), None),
-                };
-                let message = "too many requests: slow down";
-                return error(out, conn, rid, cid, ErrorCode::RateLimited, message);
+        // An ack is cheap to serve and one client sends many, but a free request is a
+        // flood nobody counts: it costs a tenth. (Bytes are charged before this, as they
+        // are read.)
+        let cost = match parsed {
+            Ok((Request::Ack { .. }, _)) => ACK_COST_MILLI,
+            _ => 1000,
+        };
+        if !session.bucket.take(&self.config, now.mono, cost) {
+            session.strikes += 1;
+            if session.strikes > self.config.rate_strikes {
+                session.close(conn, POLICY, "request flood", out);
+                return;
             }
-            session.strikes = 0;
+            let (rid, cid) = match &parsed {
+                Ok((Request::Send(send), rid)) => (rid.as_deref(), Some(send.cid.as_str())),
+                Ok((_, rid)) => (rid.as_deref(), None),
+                Err(bad) => (bad.rid.as_deref(), None),
+            };
+            let message = "too many requests: slow down";
+            return error(out, conn, rid, cid, ErrorCode::RateLimited, message);
         }
+        session.strikes = 0;
         let (request, rid) = match parsed {
             Ok(parsed) => parsed,
             Err(bad) => {

@@ -51,14 +51,26 @@ pub(super) struct Connection {
     pub shed: bool,
     /// The service asked to hear when the output has drained to the soft cap.
     pub watch_output: bool,
+    /// Reading waits for the read budget to refill (listed in the reactor's throttled
+    /// heap); resumed by hand, since the edge-triggered readiness is spent.
+    pub throttled: bool,
     /// Bytes at the front of `unsent` that finish a frame the kernel already took the
     /// start of. Whatever else is dropped, these go out first, or the peer would read the
-    /// next frame as the rest of that one.
-    pub frame_rest: usize,
-    /// When the message being received began (clock ms), 0 while none is: a message must
-    /// complete within the message timeout, or a peer could pin its assembly buffer by
-    /// dripping it.
-    pub message_began: u64,
+    /// next frame as the rest of that one. (Frames are bounded by the hard cap, which the
+    /// configuration keeps below 4 GiB.)
+    pub frame_rest: u32,
+    /// When the message being received began, as the low 32 bits of the clock (ms), 0
+    /// while none is: a message must complete within the message timeout, or a peer could
+    /// pin its assembly buffer by dripping it. 32 bits suffice for a span bounded by a
+    /// timeout, and an idle connection's size is a headline figure.
+    pub message_began: u32,
+    /// Bytes per second this connection's endpoint lets it send (0: no limit), the budget
+    /// left (negative after a read that overdrew it), and when it was last refilled (the
+    /// low 32 bits of the clock, ms). Charged for every byte read, before anything is
+    /// decoded or parsed.
+    pub read_rate: u32,
+    pub read_budget: i32,
+    pub budget_at: u32,
 }
 
 impl Connection {
@@ -79,15 +91,54 @@ impl Connection {
             close_code: 0,
             shed: false,
             watch_output: false,
+            throttled: false,
             frame_rest: 0,
             message_began: 0,
+            read_rate: 0,
+            read_budget: 0,
+            budget_at: 0,
+        }
+    }
+
+    /// Starts charging reads against `rate` bytes per second, with a burst of twice that.
+    pub fn limit_reads(&mut self, rate: u32, now: u64) {
+        self.read_rate = rate;
+        self.read_budget = read_burst(rate);
+        self.budget_at = now as u32;
+    }
+
+    /// Refills the read budget for the time passed; `None` when it may read now,
+    /// otherwise in how many ms the budget is positive again.
+    pub fn read_wait(&mut self, now: u64) -> Option<u64> {
+        if self.read_rate == 0 {
+            return None;
+        }
+        let elapsed = u64::from((now as u32).wrapping_sub(self.budget_at));
+        let refill = elapsed.saturating_mul(u64::from(self.read_rate)) / 1000;
+        if refill > 0 {
+            let budget = i64::from(self.read_budget) + refill as i64;
+            self.read_budget = budget.min(i64::from(read_burst(self.read_rate))) as i32;
+            self.budget_at = now as u32;
+        }
+        if self.read_budget > 0 {
+            return None;
+        }
+        let missing = 1 - i64::from(self.read_budget);
+        Some((missing as u64 * 1000).div_ceil(u64::from(self.read_rate)))
+    }
+
+    /// Charges `bytes` read against the budget.
+    pub fn charge_read(&mut self, bytes: usize) {
+        if self.read_rate > 0 {
+            let bytes = i32::try_from(bytes).unwrap_or(i32::MAX);
+            self.read_budget = self.read_budget.saturating_sub(bytes);
         }
     }
 
     /// Drops every queued byte except the rest of a frame already begun on the wire, and
     /// refuses all output from now on. Returns how many bytes were dropped.
     pub fn shed_output(&mut self) -> usize {
-        let keep = self.frame_rest;
+        let keep = self.frame_rest as usize;
         let dropped = self.unsent.len() - keep;
         self.unsent.truncate(keep);
         self.unsent.shrink_to_fit();
@@ -98,7 +149,8 @@ impl Connection {
     /// After `written` bytes of `unsent` followed by `fresh` went to the kernel, records
     /// how much of a frame begun on the wire is left at the front of what remains.
     pub fn note_written(&mut self, written: usize, fresh: &[u8]) {
-        self.frame_rest = frame_rest_after(&self.unsent, self.frame_rest, written, fresh);
+        let rest = frame_rest_after(&self.unsent, self.frame_rest as usize, written, fresh);
+        self.frame_rest = rest as u32;
     }
 
     /// Records the close code sent or received, unless one already was: the first one is
@@ -117,6 +169,11 @@ impl Connection {
             Phase::Linger { upgraded, .. } => upgraded,
         }
     }
+}
+
+/// The most a connection limited to `rate` bytes per second may read at once.
+fn read_burst(rate: u32) -> i32 {
+    i32::try_from(u64::from(rate) * 2).unwrap_or(i32::MAX)
 }
 
 /// How many bytes at the front of what is left after `written` bytes of `queued` then

@@ -26,10 +26,13 @@ pub enum Admission {
     /// Send `101`; echo `protocol` in `Sec-WebSocket-Protocol` when given. Messages over
     /// `max_message` bytes, or over the listener's `--max-message` (`None`: that alone),
     /// are refused with 1009, so each endpoint bounds what one half-received message can
-    /// pin to what it needs.
+    /// pin to what it needs. The connection may send `read_rate` bytes per second (a
+    /// burst of twice that; 0: no limit): past it the reactor stops reading it until the
+    /// budget refills, so the peer's own sends block in TCP, before a byte is decoded.
     Accept {
         protocol: Option<&'static str>,
         max_message: Option<usize>,
+        read_rate: u32,
     },
     /// The service wrote a complete HTTP response (401, 403, …); the connection ends.
     Refuse,

@@ -1,5 +1,7 @@
 //! The event loop. See the module docs of `net` for the read and write discipline.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
@@ -121,6 +123,8 @@ struct Reactor<S> {
     still_readable: Vec<ConnId>,
     /// Connections whose output drained to the soft cap while the service waited for it.
     relieved: Vec<ConnId>,
+    /// Connections whose read budget ran out, by when it is positive again (ms, raw id).
+    throttled: BinaryHeap<Reverse<(u64, u64)>>,
     /// Bytes in every connection's `unsent`, for `/metrics`.
     queued_bytes: usize,
     config: NetConfig,
@@ -170,6 +174,7 @@ impl<S: Service> Reactor<S> {
             closes: Vec::new(),
             still_readable: Vec::new(),
             relieved: Vec::new(),
+            throttled: BinaryHeap::new(),
             queued_bytes: 0,
             config,
             service,
@@ -188,10 +193,14 @@ impl<S: Service> Reactor<S> {
             if self.goodbye_sent && self.conns.is_empty() {
                 return Ok(());
             }
-            let mut deadline = match (self.wheel.next_deadline(), self.service.next_deadline()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let mut deadline = [
+                self.wheel.next_deadline(),
+                self.service.next_deadline(),
+                self.throttled.peek().map(|Reverse((at, _))| *at),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             if self.shutting_down && !self.goodbye_sent {
                 deadline =
                     Some(deadline.map_or(self.drain_deadline, |d| d.min(self.drain_deadline)));
@@ -235,6 +244,16 @@ impl<S: Service> Reactor<S> {
             }
             for id in std::mem::take(&mut self.still_readable) {
                 if self.live(id.to_u64()).is_some() {
+                    self.on_readable(id);
+                }
+            }
+            while let Some(&Reverse((at, raw))) = self.throttled.peek() {
+                if at > self.now {
+                    break;
+                }
+                self.throttled.pop();
+                if let Some(id) = self.live(raw) {
+                    self.conn(id).throttled = false;
                     self.on_readable(id);
                 }
             }
@@ -411,6 +430,16 @@ impl<S: Service> Reactor<S> {
                 self.still_readable.push(id);
                 break;
             }
+            if let Some(wait) = conn.read_wait(self.now) {
+                // Over its byte budget: not read (its sends back up in TCP) until the
+                // budget refills, whatever the bytes would have been.
+                if !conn.throttled {
+                    conn.throttled = true;
+                    let at = self.now + wait.max(1);
+                    self.throttled.push(Reverse((at, id.to_u64())));
+                }
+                break;
+            }
             conn.read_blocked = false;
             let read = match conn.socket.read(&mut self.read_buf) {
                 Ok(0) => return self.drop_conn(id),
@@ -421,6 +450,7 @@ impl<S: Service> Reactor<S> {
             };
             reads += 1;
             conn.last_read = self.now;
+            conn.charge_read(read);
             if self.handle_input(id, read) == Flow::Dropped {
                 return;
             }
@@ -481,6 +511,7 @@ impl<S: Service> Reactor<S> {
             pending.extend_from_slice(&read_buf[..len]);
         }
         let input: &[u8] = if split { pending } else { &read_buf[..len] };
+        let mut read_rate = 0;
         let (next, pipelined) = match handshake::parse_request(input) {
             Ok(None) => {
                 if !split {
@@ -492,8 +523,8 @@ impl<S: Service> Reactor<S> {
                 }
                 return Flow::Continue;
             }
-            Ok(Some((request, used))) => (
-                respond(
+            Ok(Some((request, used))) => {
+                let (phase, rate) = respond(
                     id,
                     &request,
                     peer,
@@ -501,9 +532,10 @@ impl<S: Service> Reactor<S> {
                     service,
                     scratch,
                     config.max_message,
-                ),
-                input[used..].to_vec(),
-            ),
+                );
+                read_rate = rate;
+                (phase, input[used..].to_vec())
+            }
             Err(error) => {
                 handshake::write_rejection(scratch, error);
                 (lingering(false), Vec::new())
@@ -511,6 +543,7 @@ impl<S: Service> Reactor<S> {
         };
         let upgraded = matches!(next, Phase::Upgraded(_));
         conn.phase = next;
+        conn.limit_reads(read_rate, self.now);
         if !upgraded {
             return self.start_linger(id);
         }
@@ -593,7 +626,7 @@ impl<S: Service> Reactor<S> {
             conn.message_began = 0;
         } else if open && conn.message_began == 0 {
             // A message left half-received: its deadline may come before the idle one.
-            conn.message_began = self.now.max(1);
+            conn.message_began = (self.now as u32).max(1);
             let idle_at = conn.last_read + self.config.idle_timeout_ms;
             let deadline = idle_at.min(self.now + self.config.message_timeout_ms);
             self.arm(id, deadline);
@@ -819,8 +852,11 @@ impl<S: Service> Reactor<S> {
             Phase::Handshake { .. } => self.drop_conn(id),
             Phase::Upgraded(ws) if ws.state() == WsState::Open => {
                 let idle_at = conn.last_read + idle_timeout;
-                let message_at =
-                    (conn.message_began != 0).then(|| conn.message_began + message_timeout);
+                // The low 32 bits of the clock, so the span since is a wrapping difference.
+                let message_at = (conn.message_began != 0).then(|| {
+                    let since = u64::from((now as u32).wrapping_sub(conn.message_began));
+                    now - since.min(now) + message_timeout
+                });
                 if message_at.is_some_and(|at| now >= at) {
                     // Dripping a message keeps the connection from idling, but must not
                     // let it pin its assembly buffer for ever.
@@ -907,7 +943,8 @@ fn lingering(upgraded: bool) -> Phase {
     }
 }
 
-/// Answers a complete request head: upgrade, refusal or plain HTTP.
+/// Answers a complete request head: upgrade, refusal or plain HTTP. Also gives the upgraded
+/// connection's read rate (0 otherwise).
 fn respond<S: Service>(
     id: ConnId,
     request: &handshake::Request<'_>,
@@ -916,26 +953,28 @@ fn respond<S: Service>(
     service: &mut S,
     out: &mut Vec<u8>,
     max_message: usize,
-) -> Phase {
+) -> (Phase, u32) {
     if !request.is_websocket() {
         service.http(request, peer, net, out);
-        return lingering(false);
+        return (lingering(false), 0);
     }
     match request.websocket() {
         Err(error) => {
             handshake::write_rejection(out, error);
-            lingering(false)
+            (lingering(false), 0)
         }
         Ok(upgrade) => match service.upgrade(id, request, &upgrade, peer, net, out) {
             Admission::Accept {
                 protocol,
                 max_message: endpoint_max,
+                read_rate,
             } => {
                 handshake::write_accept(out, upgrade.key(), protocol);
                 let max_message = endpoint_max.map_or(max_message, |m| m.min(max_message));
-                Phase::Upgraded(WsConn::new(Role::Server, max_message))
+                let ws = WsConn::new(Role::Server, max_message);
+                (Phase::Upgraded(ws), read_rate)
             }
-            Admission::Refuse => lingering(false),
+            Admission::Refuse => (lingering(false), 0),
         },
     }
 }

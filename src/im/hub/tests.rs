@@ -2191,24 +2191,27 @@ fn the_bucket_refills_over_time_and_a_pass_resets_the_strikes() {
 }
 
 #[test]
-fn acks_are_not_rate_limited() {
-    // Refusing an ack would only bring back a re-push of what it acknowledges.
+fn acks_count_a_tenth_against_the_rate() {
+    // Cheap, so a client may send many; but not free, or they are a flood nobody counts.
     let mut h = Harness::new(rate_limited());
     h.connect(1, "alice");
-    for _ in 0..5 {
+    for _ in 0..4 {
         h.req(1, json!({"type": "ping"}));
     }
+    // One request left in the bucket: ten acks.
     for rid in 0..10 {
         let out = h.req(1, json!({"type": "ack", "seq": 0, "rid": rid}));
         assert_eq!(out.frames(1), vec![&json!({"type": "ok", "rid": rid})]);
     }
-    // Nor do they reset the strikes of the requests that are limited.
-    for _ in 0..3 {
-        assert_eq!(h.req(1, json!({"type": "ping"})).types(1), vec!["error"]);
-        h.req(1, json!({"type": "ack", "seq": 0}));
+    let out = h.req(1, json!({"type": "ack", "seq": 0, "rid": 10}));
+    assert_error(out.one(1, "error"), "rate_limited", None, Some(json!(10)));
+    // Refused acks are strikes like any other request.
+    for rid in 11..13 {
+        let out = h.req(1, json!({"type": "ack", "seq": 0, "rid": rid}));
+        assert!(out.closes().is_empty());
     }
     assert_eq!(
-        h.req(1, json!({"type": "ping"})).closes(),
+        h.req(1, json!({"type": "ack", "seq": 0})).closes(),
         vec![(1, POLICY)]
     );
 }
