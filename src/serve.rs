@@ -25,9 +25,12 @@ use crate::ws::handshake::{self, Request, Upgrade};
 /// The subprotocol PROTOCOL.md names; echoed when a client offers it.
 const SUBPROTOCOL: &str = "courier.v1";
 
-/// Store completions handled per wake-up. Each may serialize a large answer; past this the
-/// reactor serves its sockets and timers before taking the rest.
+/// Store completions handled per wake-up, and the output they may make (a `history` of
+/// large bodies is megabytes of JSON to write): past either, the reactor serves its
+/// sockets and timers before taking the rest, so one client's answers cannot hold up
+/// everyone else's.
 const COMPLETIONS_PER_WAKEUP: usize = 256;
+const OUTPUT_PER_WAKEUP: usize = 4 << 20;
 
 pub struct ServeConfig {
     pub store: StoreConfig,
@@ -88,6 +91,8 @@ pub struct Server {
     echoing: HashSet<ConnId>,
     /// Wakes the reactor again when completions are left after a wake-up's share.
     waker: Waker,
+    /// Bytes of frames queued since the count was last reset (per wake-up's completions).
+    output_made: usize,
     started: Instant,
     actions: Vec<Action>,
     /// Counted here, on the reactor thread, from what passes through; `/metrics` renders
@@ -129,6 +134,7 @@ impl Server {
             auth_failure_window_ms: config.auth_failure_window_ms,
             echoing: HashSet::new(),
             waker,
+            output_made: 0,
             started: Instant::now(),
             actions: Vec::new(),
             metrics: Metrics::new(),
@@ -155,6 +161,7 @@ impl Server {
                     text,
                     traffic,
                 } => {
+                    self.output_made += text.len();
                     if out.send(ConnId::from_u64(conn), OpCode::Text, &text) {
                         self.count(traffic);
                     }
@@ -547,7 +554,11 @@ impl Service for Server {
 
     fn woken(&mut self, out: &mut Out<'_>) {
         let now = Self::now(out);
+        self.output_made = 0;
         for _ in 0..COMPLETIONS_PER_WAKEUP {
+            if self.output_made > OUTPUT_PER_WAKEUP {
+                break;
+            }
             let Ok(completion) = self.completions.try_recv() else {
                 return;
             };

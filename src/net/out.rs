@@ -115,14 +115,25 @@ impl Out<'_> {
     /// is within the soft cap (or it is gone, so there is nothing to wait for). Otherwise
     /// false, and the service's `output_drained` is called for it once the backlog is
     /// back within the soft cap.
+    ///
+    /// A connection that is closing never drains in that sense: its output is gone or
+    /// its close is on the way, and more work for it would only be thrown away.
     pub fn await_output(&mut self, conn: ConnId) -> bool {
-        match self.backlog(conn) {
-            Some(backlog) if backlog > self.soft_cap => {
-                self.conns[conn.index as usize].watch_output = true;
-                false
-            }
-            _ => true,
+        let Some(backlog) = self.backlog(conn) else {
+            return true;
+        };
+        let target = &mut self.conns[conn.index as usize];
+        let closing = target.shed
+            || (Some(conn) != self.current
+                && !matches!(&target.phase, Phase::Upgraded(ws) if ws.state() == WsState::Open));
+        if closing {
+            return false;
         }
+        if backlog > self.soft_cap {
+            target.watch_output = true;
+            return false;
+        }
+        true
     }
 }
 
