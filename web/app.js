@@ -63,8 +63,6 @@ function freshState() {
   return {
     /** conv → { conv, last, unread, read_mid } */
     convs: new Map(),
-    /** gid → { name, owner, members } */
-    groups: new Map(),
     /** The open conversation: { conv, msgs: Map<mid, msg>, oldest, more, loaded, loading } */
     open: null,
     /** dm conv → the highest mid the peer has read */
@@ -123,8 +121,10 @@ function start(token) {
   localStorage.setItem(TOKEN_KEY, token);
   me = client.user;
   s = freshState();
-  loadGroups();
+  // Group names were kept here before courier.js kept whole groups (with its cursor).
+  localStorage.removeItem(`courier.groups.${me}`);
   client.on('state', onState);
+  client.on('group', onGroup);
   client.on('synced', onCaughtUp);
   client.on('message', onMessage);
   client.on('outbox', onOutbox);
@@ -278,19 +278,22 @@ function convEntry(conv) {
   return c;
 }
 
-/** Takes in a group change; true when it took this user out of the group. */
+/** Takes in a group change (courier.js keeps the member list); true when it took this user out of the group. */
 function applyGroupEntry(m) {
   const g = m.group;
   if (!g) return false;
   s.groupOps.set(m.mid, g);
-  s.groups.set(g.gid, { name: g.name, owner: g.owner, members: g.members });
-  saveGroups();
-  if (g.op === 'leave' && g.users.includes(me)) {
+  if (g.op === 'leave' && g.users?.includes(me)) {
     forgetConv(m.conv);
     return true;
   }
-  if (s.open?.conv === m.conv) renderHeader();
   return false;
+}
+
+/** A group's member list (or name, or owner) changed, or arrived from `group_info`. */
+function onGroup({ gid }) {
+  if (s.open?.conv === `group:${gid}`) renderHeader();
+  renderConvList();
 }
 
 function forgetConv(conv) {
@@ -299,32 +302,12 @@ function forgetConv(conv) {
   renderConvList();
 }
 
-function groupsKey() {
-  return `courier.groups.${me}`;
-}
-
-// Group names come only with group entries and replies; kept so a reload still has them.
-function loadGroups() {
-  try {
-    for (const [gid, g] of Object.entries(JSON.parse(localStorage.getItem(groupsKey()) ?? '{}'))) s.groups.set(gid, g);
-  } catch {
-    /* a damaged cache only costs the names */
-  }
-}
-
-function saveGroups() {
-  try {
-    localStorage.setItem(groupsKey(), JSON.stringify(Object.fromEntries(s.groups)));
-  } catch {
-    /* names are a convenience */
-  }
-}
-
 function convTitle(conv) {
   const peer = peerOf(me, conv);
   if (peer) return peer === me ? `${me} (you)` : peer;
   const gid = conv.slice('group:'.length);
-  return s.groups.get(gid)?.name ?? `Group ${gid}`;
+  // The `convs` list names groups too, for one whose changes this device has not kept.
+  return client?.group(gid)?.name ?? s.convs.get(conv)?.name ?? `Group ${gid}`;
 }
 
 function groupLine(m) {
@@ -551,7 +534,10 @@ function renderHeader() {
   ui.convTitle.textContent = convTitle(conv);
   ui.convPresence.hidden = !peer || peer === me;
   if (peer) setPresence(ui.convPresence, peer);
-  const group = conv.startsWith('group:') ? s.groups.get(conv.slice('group:'.length)) : null;
+  const gid = conv.startsWith('group:') ? conv.slice('group:'.length) : null;
+  const group = gid ? client.group(gid) : null;
+  // Not known here (another device's join, a cleared storage): asked for, shown on arrival.
+  if (gid && !group) client.ensureGroup(gid);
   ui.convSub.textContent = group ? `${group.members.length} members: ${group.members.join(', ')}` : '';
   ui.leaveGroup.hidden = !conv.startsWith('group:');
 }
@@ -718,8 +704,6 @@ ui.groupForm.addEventListener('submit', async (ev) => {
   if (bad) return notify(`“${bad}” is not a user name.`);
   try {
     const g = await client.groupCreate(name, members);
-    s.groups.set(g.gid, { name: g.name, owner: g.owner, members: g.members });
-    saveGroups();
     convEntry(`group:${g.gid}`);
     ui.groupName.value = ui.groupMembers.value = '';
     openConv(`group:${g.gid}`);

@@ -6,10 +6,15 @@
 // with the browser's own as defaults, so the tests drive time and the network by hand.
 //
 // What outlives a connection, kept in storage per user and device: the cursor (the
-// highest inbox seq held with no gap below it) and the outbox (sends without their
-// `sent`). After each `welcome` the client syncs from the cursor and sends the outbox
-// again; the server is idempotent on (sender, cid), so a resend of a stored message
-// costs one `sent` and stores nothing.
+// highest inbox seq held with no gap below it), the outbox (sends without their `sent`)
+// and the member list of each group (kept from its change entries). After each `welcome`
+// the client syncs from the cursor and sends the outbox again; the server is idempotent
+// on (sender, cid), so a resend of a stored message costs one `sent` and stores nothing.
+//
+// A group's change entry tells the change only (who joined or left, the owner after it),
+// since the whole list pushed to every member on every change grows with the square of
+// the group. The client applies each change to the list it keeps, and asks for the list
+// with `group_info` when it has none to apply it to.
 
 /** PROTOCOL.md "Reconnect": 1, 2, 3, 5, 10, 20, 20, … seconds. */
 export const BACKOFF_MS = Object.freeze([1000, 2000, 3000, 5000, 10000, 20000]);
@@ -81,6 +86,35 @@ export function toOf(me, conv) {
   return conv.startsWith('dm:') ? 'user:' + peerOf(me, conv) : conv;
 }
 
+/**
+ * A group as `me` knows it after `change` (the `group` of a `kind: "group"` entry), from
+ * `known` (its state before; undefined when unknown). Returns `{ name, owner, members }`;
+ * null when `me` left (nothing more of the group will come); undefined when the change
+ * alone does not tell the member list, which `group_info` then has to.
+ *
+ * Applying a change again, or one the list already reflects, gives the same list: an add
+ * makes its users members, a leave makes its user not one. So a list fetched at any point
+ * can have every change received since applied over it, in order.
+ */
+export function groupAfter(known, change, me) {
+  const users = Array.isArray(change.users) ? change.users : [];
+  if (change.op === 'leave' && users.includes(me)) return null;
+  const name = change.name ?? known?.name;
+  const owner = change.owner !== undefined ? change.owner : (known?.owner ?? null);
+  // Entries stored by servers from before issue 13 carry the whole list: it replaces ours.
+  if (Array.isArray(change.members)) return { name, owner, members: [...change.members] };
+  // A create names every first member.
+  if (change.op === 'create') return { name, owner, members: [...new Set(users)] };
+  if (!known) return undefined;
+  if (change.op === 'add') {
+    const members = new Set(known.members);
+    for (const u of users) members.add(u);
+    return { name, owner, members: [...members] };
+  }
+  if (change.op === 'leave') return { name, owner, members: known.members.filter((u) => !users.includes(u)) };
+  return undefined;
+}
+
 /** The `sub` of a JWT, read without checking it: the server checks, this only names storage keys. */
 export function tokenUser(token) {
   const payload = String(token).split('.')[1];
@@ -141,6 +175,14 @@ export class CourierClient {
     for (const entry of JSON.parse(this.load(this.key('outbox')) ?? '[]')) {
       this.out.set(entry.cid, { ...entry, state: 'pending' });
     }
+    /** gid → { name, owner, members }: what the change entries up to the cursor say. */
+    this.groups = this.loadGroups();
+    /** Saved with the cursor, so the stored lists never lag the stored cursor. */
+    this.groupsDirty = false;
+    /** gid → its `group_info` in flight: `{ changes }` received meanwhile, to apply over the answer. */
+    this.groupFetches = new Map();
+    /** gids whose `group_info` the connection failed: asked again after the next welcome. */
+    this.groupsWanted = new Set();
 
     this.listeners = new Map();
     this.state = 'offline';
@@ -282,6 +324,10 @@ export class CourierClient {
       reject(new CourierError('disconnected', 'the connection dropped before the reply'));
     }
     this.requests.clear();
+    // Asked again after the next welcome; the answer then reflects the changes buffered
+    // here, all of them received, so committed, before it is asked for.
+    for (const gid of this.groupFetches.keys()) this.groupsWanted.add(gid);
+    this.groupFetches.clear();
   }
 
   cancel(name) {
@@ -407,6 +453,8 @@ export class CourierClient {
     for (const entry of this.out.values()) if (entry.state === 'pending') this.transmit(entry);
     // A watch list belongs to a connection on the server; a new one starts empty.
     if (this.watched) this.request({ type: 'watch', users: this.watched }).catch(() => {});
+    // The server answers these after the sync's replay, whose changes go over the answers.
+    for (const gid of [...this.groupsWanted]) this.fetchGroup(gid);
   }
 
   onMsg(m) {
@@ -449,7 +497,76 @@ export class CourierClient {
 
   advance(m) {
     this.cursor = m.seq;
+    // Before the message event, so a listener finds the group as the entry leaves it.
+    if (m.kind === 'group' && m.group && typeof m.group === 'object') this.groupChanged(m.group);
     this.emit('message', m);
+  }
+
+  // ---- group member lists ----
+
+  /** A group's change entry, in inbox order. */
+  groupChanged(change) {
+    const gid = String(change.gid);
+    const fetch = this.groupFetches.get(gid);
+    if (fetch) return void fetch.changes.push(change);
+    const known = this.groups.get(gid);
+    const next = groupAfter(known, change, this.user);
+    if (next === undefined) return this.fetchGroup(gid, [change]);
+    if (next === null && !known) return;
+    this.setGroup(gid, next);
+  }
+
+  setGroup(gid, group) {
+    if (group) this.groups.set(gid, group);
+    else this.groups.delete(gid);
+    this.groupsDirty = true;
+    this.emit('group', { gid, group: group ?? null });
+  }
+
+  /**
+   * Asks for the list of `gid`. The answer is as of some moment after `changes` (received
+   * before the request); they and the ones that come meanwhile go over it, in order.
+   */
+  fetchGroup(gid, changes = []) {
+    this.groupsWanted.delete(gid);
+    const fetch = { changes };
+    this.groupFetches.set(gid, fetch);
+    // Whether this fetch is still the one wanted: one that connectionGone gave up on (and
+    // maybe replaced) has nothing left to do.
+    const current = () => {
+      if (this.groupFetches.get(gid) !== fetch) return false;
+      this.groupFetches.delete(gid);
+      return true;
+    };
+    this.groupInfo(gid).then(
+      (g) => {
+        if (!current()) return;
+        this.setGroup(gid, { name: g.name, owner: g.owner ?? null, members: [...(g.members ?? [])] });
+        for (const change of fetch.changes) this.groupChanged(change);
+      },
+      (err) => {
+        if (!current()) return;
+        if (err.code === 'forbidden' || err.code === 'not_found') {
+          // Not a member (any more), or no such group: there is no list to keep. A change
+          // that made this user a member again asks anew when the next one comes.
+          if (this.groups.has(gid)) this.setGroup(gid, null);
+        } else {
+          this.groupsWanted.add(gid);
+        }
+      },
+    );
+  }
+
+  loadGroups() {
+    const groups = new Map();
+    try {
+      for (const [gid, g] of Object.entries(JSON.parse(this.load(this.key('groups')) ?? '{}'))) {
+        if (Array.isArray(g?.members)) groups.set(gid, g);
+      }
+    } catch {
+      /* a damaged copy costs a group_info per group */
+    }
+    return groups;
   }
 
   hold(m) {
@@ -580,6 +697,10 @@ export class CourierClient {
 
   saveCursor() {
     this.save(this.key('cursor'), String(this.cursor));
+    if (this.groupsDirty) {
+      this.groupsDirty = false;
+      this.save(this.key('groups'), JSON.stringify(Object.fromEntries(this.groups)));
+    }
   }
 
   saveOutbox() {
@@ -685,15 +806,44 @@ export class CourierClient {
   }
 
   groupCreate(name, members) {
-    return this.request({ type: 'group_create', name, members });
+    return this.request({ type: 'group_create', name, members }).then((g) => this.groupReplied(g));
   }
 
   groupAdd(gid, members) {
-    return this.request({ type: 'group_add', gid, members });
+    return this.request({ type: 'group_add', gid, members }).then((g) => this.groupReplied(g));
   }
 
   groupLeave(gid) {
     return this.request({ type: 'group_leave', gid });
+  }
+
+  /** The whole group `gid` (`gid`, `name`, `owner`, `members`), for members only. */
+  groupInfo(gid) {
+    return this.request({ type: 'group_info', gid: String(gid) });
+  }
+
+  /** What this client knows of group `gid`: `{ name, owner, members }`, or undefined. */
+  group(gid) {
+    return this.groups.get(String(gid));
+  }
+
+  /** Asks for the list of `gid` unless it is known or asked for already (now, or once online). */
+  ensureGroup(gid) {
+    gid = String(gid);
+    if (this.groups.has(gid) || this.groupFetches.has(gid)) return;
+    if (this.welcomed) this.fetchGroup(gid);
+    else this.groupsWanted.add(gid);
+  }
+
+  /** A create or add answered with the whole group: a list for a group not known yet. */
+  groupReplied(g) {
+    const gid = String(g.gid);
+    // A known list is kept by the change entries, which come in order; the reply may
+    // come before or after them.
+    if (!this.groups.has(gid) && !this.groupFetches.has(gid) && Array.isArray(g.members)) {
+      this.setGroup(gid, { name: g.name, owner: g.owner ?? null, members: [...g.members] });
+    }
+    return g;
   }
 
   recall(mid) {

@@ -25,8 +25,8 @@ use super::protocol::{
     MAX_KIND, MAX_NAMED_MEMBERS, MAX_WATCH,
 };
 use crate::store::{
-    dm_conv, parse_gid, Completion, ConvId, ConvSummary, Entry, GroupChange, History, Job, Page,
-    ReadMoved, Sent, StoreError,
+    dm_conv, parse_gid, Completion, ConvId, ConvSummary, Entry, History, Job, Page, ReadMoved,
+    Sent, StoreError,
 };
 use crate::timer::{TimerId, Wheel};
 
@@ -203,12 +203,12 @@ struct Session {
     syncing: bool,
     /// Requests for the store that may not start yet, in arrival order, so each is answered
     /// after everything before it: a write waits for a sync before it (the sync's replay
-    /// must come first), a read (`convs`, `history`) for every write and read before it
-    /// (it must see them). See [`Session::may_start`].
+    /// must come first), a read (`convs`, `history`, `group_info`) for every write and read
+    /// before it (it must see them). See [`Session::may_start`].
     waiting: VecDeque<(Request, Option<Rid>)>,
     /// Writes (send, read, recall, group changes) submitted and not yet answered.
     writes_in_flight: u32,
-    /// `convs` and `history` submitted and not yet answered.
+    /// `convs`, `history` and `group_info` submitted and not yet answered.
     queries_in_flight: u32,
     /// The users whose presence this connection watches.
     watching: Vec<Rc<str>>,
@@ -244,7 +244,7 @@ enum Pending {
         rid: Option<Rid>,
         write: Write,
     },
-    /// `convs` or `history`.
+    /// `convs`, `history` or `group_info`.
     Query {
         conn: ConnKey,
         rid: Option<Rid>,
@@ -334,7 +334,9 @@ impl Session {
     fn may_start(&self, request: &Request) -> bool {
         match request {
             Request::Sync { .. } => self.queries_in_flight == 0,
-            Request::Convs { .. } | Request::History { .. } => {
+            // `group_info` too: its answer names up to a thousand members (~66 KB), so it
+            // is held behind unread output like a `history`.
+            Request::Convs { .. } | Request::History { .. } | Request::GroupInfo { .. } => {
                 !self.syncing
                     && self.writes_in_flight == 0
                     && self.queries_in_flight == 0
@@ -796,11 +798,12 @@ impl Hub {
                 };
                 self.write(conn, rid, Write::Group { answer: false }, job, out);
             }
-            Request::Convs { .. } | Request::History { .. } => {
+            Request::Convs { .. } | Request::History { .. } | Request::GroupInfo { .. } => {
                 session.queries_in_flight += 1;
                 let tag = self.tag();
                 let job = match request {
                     Request::Convs { limit } => Job::Convs { tag, user, limit },
+                    Request::GroupInfo { gid } => Job::Members { tag, user, gid },
                     Request::History {
                         conv,
                         before,
@@ -1078,7 +1081,14 @@ impl Hub {
                 match result {
                     Ok(change) => {
                         if matches!(write, Write::Group { answer: true }) {
-                            reply(out, conn, &group_reply(rid.as_deref(), &change));
+                            let group = Reply::Group {
+                                rid: rid.as_deref(),
+                                gid: change.gid,
+                                name: &change.name,
+                                owner: change.owner.as_deref(),
+                                members: &change.members,
+                            };
+                            reply(out, conn, &group);
                         } else {
                             ok(out, conn, rid.as_deref());
                         }
@@ -1098,14 +1108,31 @@ impl Hub {
                     result.map(|history| history_reply(rid, user, &history).to_json())
                 })
             }
+            Completion::Members { tag, result }
+                if matches!(self.pending.get(&tag), Some(Pending::Query { .. })) =>
+            {
+                self.query_answered(tag, now, out, |rid, _| {
+                    result.map(|group| {
+                        let reply = Reply::Group {
+                            rid,
+                            gid: group.gid,
+                            name: &group.name,
+                            owner: group.owner.as_deref(),
+                            members: &group.members,
+                        };
+                        reply.to_json()
+                    })
+                })
+            }
             Completion::Members { tag, result } => {
                 let Some(Pending::Typing { from, conv }) = self.pending.remove(&tag) else {
                     return;
                 };
                 // Not a member, or no such group: typing is best-effort and never stored,
                 // so a failure is dropped (the `ok` went out already).
-                if let Ok(members) = result {
-                    self.relay_typing(&conv, &from, members.iter().map(String::as_str), out);
+                if let Ok(group) = result {
+                    let members = group.members.iter().map(String::as_str);
+                    self.relay_typing(&conv, &from, members, out);
                 }
             }
             Completion::Page { tag, result, .. } => {
@@ -1131,7 +1158,8 @@ impl Hub {
         self.pump(conn, out);
     }
 
-    /// A `convs` or `history` came back: `answer` writes the reply for the asking user.
+    /// A `convs`, `history` or `group_info` came back: `answer` writes the reply for the
+    /// asking user.
     fn query_answered(
         &mut self,
         tag: u64,
@@ -1159,7 +1187,7 @@ impl Hub {
         self.query_done(conn, now, out);
     }
 
-    /// One of `conn`'s `convs` or `history` is answered.
+    /// One of `conn`'s `convs`, `history` or `group_info` is answered.
     fn query_done(&mut self, conn: ConnKey, now: Now, out: &mut Vec<Action>) {
         let Some(session) = self.sessions.get_mut(&conn) else {
             return;
@@ -1676,16 +1704,6 @@ fn failed(
         other => (ErrorCode::Internal, store_failure(other)),
     };
     error(out, conn, rid, cid, code, message);
-}
-
-fn group_reply<'a>(rid: Option<&'a RawValue>, change: &'a GroupChange) -> Reply<'a> {
-    Reply::Group {
-        rid,
-        gid: change.gid,
-        name: &change.name,
-        owner: change.owner.as_deref(),
-        members: &change.members,
-    }
 }
 
 /// A message of a conversation as `user` sees it: the `cid` only on their own.

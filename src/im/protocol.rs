@@ -78,6 +78,10 @@ pub enum Request {
         gid: u64,
         members: Vec<String>,
     },
+    /// A read, despite its name: the group's member list, which change entries leave out.
+    GroupInfo {
+        gid: u64,
+    },
     Recall {
         mid: u64,
     },
@@ -181,6 +185,12 @@ struct GroupFields {
     gid: u64,
     #[serde(default)]
     members: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct GroupInfoFields {
+    #[serde(deserialize_with = "gid")]
+    gid: u64,
 }
 
 #[derive(Deserialize)]
@@ -398,6 +408,8 @@ pub fn parse(text: &[u8]) -> Result<(Request, Option<Rid>), BadRequest> {
                 members: f.members,
             })
         }
+        "group_info" => serde_json::from_slice::<GroupInfoFields>(text)
+            .map(|f| Request::GroupInfo { gid: f.gid }),
         "recall" => {
             serde_json::from_slice::<RecallFields>(text).map(|f| Request::Recall { mid: f.mid })
         }
@@ -565,7 +577,8 @@ pub struct Message<'a> {
     pub ref_mid: Option<u64>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub recalled: bool,
-    /// A `kind: "group"` change: `{op, gid, name, owner, members, users}`.
+    /// A `kind: "group"` change: `{op, gid, name, owner, users}` (entries stored by older
+    /// versions also carry `members`), passed through as stored.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<&'a RawValue>,
 }
@@ -1068,5 +1081,37 @@ mod tests {
         assert!(leave(MAX_NAMED_MEMBERS).is_ok());
         let e = leave(MAX_NAMED_MEMBERS + 1).expect_err("too many");
         assert!(e.message.contains("at most"), "{}", e.message);
+    }
+
+    #[test]
+    fn group_info_names_one_group_and_is_no_write() {
+        let (request, rid) = parse(br#"{"type":"group_info","gid":"42","rid":"i"}"#).unwrap();
+        assert!(matches!(request, Request::GroupInfo { gid: 42 }));
+        assert!(!request.writes(), "it waits like a read, not like a write");
+        assert_eq!(rid.unwrap().get(), r#""i""#);
+        assert!(matches!(
+            parse(br#"{"type":"group_info","gid":7}"#),
+            Ok((Request::GroupInfo { gid: 7 }, None))
+        ));
+        assert!(bad(r#"{"type":"group_info"}"#).message.contains("gid"));
+        assert!(bad(r#"{"type":"group_info","gid":"-1"}"#)
+            .message
+            .starts_with("bad `group_info`"));
+    }
+
+    #[test]
+    fn a_group_entry_is_passed_through_in_either_shape() {
+        let new = r#"{"op":"add","gid":"7","name":"t","owner":"a","users":["c"]}"#;
+        let old = r#"{"op":"add","gid":"7","name":"t","owner":"a","members":["a","b","c"],"users":["c"]}"#;
+        for body in [new, old] {
+            let m = Message::from_stored(1, "group:7", "a", body, 5, "group", None, None, false);
+            let value: serde_json::Value =
+                serde_json::from_slice(&MsgFrame::new(&m).with_seq(3)).unwrap();
+            assert_eq!(
+                value["group"],
+                serde_json::from_str::<serde_json::Value>(body).unwrap()
+            );
+            assert_eq!(value["body"], "");
+        }
     }
 }

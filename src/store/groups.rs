@@ -10,10 +10,17 @@
 //!
 //! # Events
 //! Every change stores one `kind: "group"` message in `group:<gid>`, sent by whoever made
-//! the change, with the JSON body `{"op","gid","name","owner","members","users"}` (`gid` a
-//! string, `owner` null once the group has ended, `members` everyone after the change,
-//! `users` whom the change was about), and an inbox entry for every member after the
-//! change, plus the leaver on a leave so their devices learn it too.
+//! the change, with the JSON body `{"op","gid","name","owner","users"}` (`gid` a string,
+//! `owner` the owner after the change, null once the group has ended, `users` whom the
+//! change was about: those added, or the one who left), and an inbox entry for every
+//! member after the change, plus the leaver on a leave so their devices learn it too.
+//!
+//! The body holds the change, not the member list: it is stored once but pushed to every
+//! member, so a list in it would cost each change the group's size once per member (up to
+//! 66 KB to each of a thousand members; tens of gigabytes pushed to build such a group one
+//! add at a time). A `create` names every first member, which the request bounds and which
+//! is said once. Whoever needs the list asks for it (`Job::Members`). Entries written by
+//! older versions carry a `members` list as well; they are served as stored.
 
 use std::collections::{HashMap, HashSet};
 
@@ -382,15 +389,16 @@ fn join(
     Ok(())
 }
 
-/// The JSON body of a group event; field order is the wire's.
+/// The JSON body of a group event; field order is the wire's. Its size depends on the
+/// change, never on the group's (see the module docs).
 #[derive(Serialize)]
 struct EventBody<'a> {
     op: &'a str,
     /// A string: gids are 64-bit, past what a JavaScript number holds exactly.
     gid: String,
     name: &'a str,
+    /// After the change: a leave that hands ownership over shows the new owner.
     owner: Option<&'a str>,
-    members: Vec<&'a str>,
     users: Vec<&'a str>,
 }
 
@@ -409,14 +417,12 @@ fn event(
     mid: i64,
     ts: i64,
 ) -> Result<Sent, Fail> {
-    let names = |list: &[u32]| list.iter().map(|&i| users.name(i)).collect::<Vec<_>>();
     let body = serde_json::to_string(&EventBody {
         op,
         gid: gid.to_string(),
         name: &group.name,
         owner: group.owner.map(|o| users.name(o)),
-        members: names(&group.members),
-        users: names(subjects),
+        users: subjects.iter().map(|&i| users.name(i)).collect(),
     })
     // Strings and lists always serialize; this runs after writes, so it must roll back.
     .map_err(|e| Fail::Sql(events::abort(&e.to_string())))?;

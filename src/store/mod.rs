@@ -303,7 +303,9 @@ pub enum Job {
         before: Option<u64>,
         limit: u32,
     },
-    /// The members of `gid`, asked by `user`, who must be one (reader). Answered by
+    /// Group `gid` as it is now, its members in join order, asked by `user`, who must be
+    /// one ([`StoreError::Forbidden`]; no such group: [`StoreError::NotFound`]) (reader).
+    /// What `group_info` answers, and whom a `typing` goes to. Answered by
     /// [`Completion::Members`].
     Members { tag: u64, user: String, gid: u64 },
 }
@@ -386,7 +388,7 @@ pub enum Completion {
     },
     Members {
         tag: u64,
-        result: Result<Vec<String>, StoreError>,
+        result: Result<GroupInfo, StoreError>,
     },
 }
 
@@ -428,8 +430,20 @@ pub struct GroupChange {
     pub members: Vec<String>,
     /// The `kind: "group"` message and its deliveries (every member after the change, and
     /// whoever left); `None` when nothing changed (an add of people already in).
-    /// Its body is the JSON object `{"op","gid","name","owner","members","users"}`.
+    /// Its body is the JSON object `{"op","gid","name","owner","users"}`: the change,
+    /// never the member list (`groups.rs`).
     pub event: Option<Sent>,
+}
+
+/// A group as a reader saw it (`Job::Members`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupInfo {
+    pub gid: u64,
+    pub name: String,
+    /// `None` once the group has ended (then nobody is a member, so nobody is shown it).
+    pub owner: Option<String>,
+    /// In join order (`groups.rs`).
+    pub members: Vec<String>,
 }
 
 /// One conversation in a `convs` list.
@@ -759,7 +773,7 @@ pub(crate) enum Outcome {
     Group(GroupChange),
     Convs(Vec<ConvSummary>),
     History(History),
-    Members(Vec<String>),
+    Members(GroupInfo),
 }
 
 /// Joins a job with its outcome, moving the job's strings into the completion.

@@ -51,7 +51,7 @@ impl Reader {
                 } => views::history(&mut self.conn, user, conv, *before, *limit)
                     .map(Outcome::History),
                 Job::Members { user, gid, .. } => {
-                    views::members(&mut self.conn, user, *gid).map(Outcome::Members)
+                    views::group(&mut self.conn, user, *gid).map(Outcome::Members)
                 }
                 _ => Err(StoreError::Internal("write job routed to a reader".into())),
             };

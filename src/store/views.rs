@@ -9,7 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 use super::conv::ConvId;
 use super::error::{sql, StoreError};
 use super::schema::{get_opt_u64, get_u64};
-use super::{ConvSummary, History, Message};
+use super::{ConvSummary, GroupInfo, History, Message};
 
 /// A read that failed: refused (answer as is) or SQLite's error.
 enum Fail {
@@ -181,23 +181,31 @@ fn history_in(
     })
 }
 
-/// `Job::Members`: names in join order (`groups.rs`).
-pub(crate) fn members(
-    conn: &mut Connection,
-    user: &str,
-    gid: u64,
-) -> Result<Vec<String>, StoreError> {
+/// `Job::Members`: the group's name and owner, and its members in join order
+/// (`groups.rs`), all from one snapshot.
+pub(crate) fn group(conn: &mut Connection, user: &str, gid: u64) -> Result<GroupInfo, StoreError> {
     Ok(read(conn, |tx| {
         member_of(tx, user, gid)?;
-        let gid = gid as i64; // member_of found it, so it fits
-        let names = tx
+        let stored = gid as i64; // member_of found it, so it fits
+        let (name, owner) = tx
+            .prepare_cached(
+                "SELECT g.name, u.name FROM groups AS g LEFT JOIN users AS u ON u.uid = g.owner
+                 WHERE g.gid = ?1",
+            )?
+            .query_row([stored], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        let members = tx
             .prepare_cached(
                 "SELECT u.name FROM members AS m CROSS JOIN users AS u ON u.uid = m.uid
                  WHERE m.gid = ?1 ORDER BY m.joined, m.uid",
             )?
-            .query_map([gid], |row| row.get(0))?
+            .query_map([stored], |row| row.get(0))?
             .collect::<rusqlite::Result<Vec<String>>>()?;
-        Ok(names)
+        Ok(GroupInfo {
+            gid,
+            name,
+            owner,
+            members,
+        })
     })?)
 }
 

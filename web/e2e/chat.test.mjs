@@ -304,6 +304,9 @@ e2e('6. a group of three: created on the page, everyone sees everyone', async (s
     await item.click();
     await expectText(u.t('conv-title'), 'Trio');
   }
+  // Every page knows the members: the creator from its reply, the others from the
+  // create entry, which names them all (a change entry holds the change only).
+  for (const u of [alice, bob, carol]) await expectText(u.t('conv-sub'), '3 members: alice, bob, carol');
 
   const lines = { alice: 'alice: hello both', bob: 'bob: hi alice, hi carol', carol: 'carol: hello from me' };
   await alice.send(lines.alice);

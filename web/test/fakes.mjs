@@ -121,7 +121,7 @@ export function harness({ user = 'alice', storage = memoryStorage(), clock = new
     ...options,
   });
   const events = [];
-  for (const name of ['state', 'welcome', 'message', 'outbox', 'synced', 'read', 'presence', 'typing', 'error']) {
+  for (const name of ['state', 'welcome', 'message', 'group', 'outbox', 'synced', 'read', 'presence', 'typing', 'error']) {
     client.on(name, (data) => events.push([name, structuredClone(data)]));
   }
   return {

@@ -14,7 +14,7 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use serde_json::{json, Value};
 
 use super::{Action, ConnKey, Hub, HubConfig, Now, ACK_TIMEOUT, POLICY, SERVER_ERROR};
-use crate::store::{dm_conv, Completion, Entry, Job, Page, Sent, StoreError};
+use crate::store::{dm_conv, Completion, Entry, GroupInfo, Job, Page, Sent, StoreError};
 
 /// Monotonic start time: far from 0 and from a power of two, so nothing passes by accident
 /// because a deadline happens to sit on a timer-wheel slot boundary.
@@ -2875,4 +2875,166 @@ fn catch_up_reads_wait_for_the_output_of_the_last_page_to_drain() {
     h.drain_output(2);
     let out = h.complete();
     assert_eq!(out.msg_seqs(2), [5, 6]);
+}
+
+// ---------------------------------------------------------------------------------------
+// group_info: change entries carry the change, the list is a read
+// ---------------------------------------------------------------------------------------
+
+fn team(gid: u64, members: &[&str]) -> GroupInfo {
+    GroupInfo {
+        gid,
+        name: "team".into(),
+        owner: members.first().map(|m| m.to_string()),
+        members: members.iter().map(|m| m.to_string()).collect(),
+    }
+}
+
+/// Answers the oldest pending job, which must be a `Members` for `gid`, with `result`.
+fn answer_members(h: &mut Harness, gid: u64, result: Result<GroupInfo, StoreError>) -> Out {
+    let job = h.take();
+    let Job::Members {
+        tag, gid: asked, ..
+    } = job
+    else {
+        panic!("expected a members job, got {job:?}");
+    };
+    assert_eq!(asked, gid);
+    h.deliver(Completion::Members { tag, result })
+}
+
+#[test]
+fn group_info_answers_a_member_with_the_whole_group_and_refuses_others() {
+    let mut h = Harness::new(HubConfig::default());
+    h.connect(1, "ann");
+    h.req(1, json!({"type": "group_info", "gid": "7", "rid": "i"}));
+    assert!(
+        matches!(h.queue.front(), Some(Job::Members { user, gid: 7, .. }) if user == "ann"),
+        "a read of the store, as the caller: {:?}",
+        h.queue
+    );
+    let out = answer_members(&mut h, 7, Ok(team(7, &["bob", "ann", "cat"])));
+    assert_eq!(
+        *out.one(1, "group"),
+        json!({"type": "group", "rid": "i", "gid": "7", "name": "team", "owner": "bob",
+               "members": ["bob", "ann", "cat"]})
+    );
+
+    h.req(1, json!({"type": "group_info", "gid": 8, "rid": "f"}));
+    let forbidden = StoreError::Forbidden("not a member of this group");
+    let out = answer_members(&mut h, 8, Err(forbidden));
+    assert_error(out.one(1, "error"), "forbidden", None, Some(json!("f")));
+
+    h.req(1, json!({"type": "group_info", "gid": "9", "rid": "n"}));
+    let out = answer_members(&mut h, 9, Err(StoreError::NotFound("no such group")));
+    assert_error(out.one(1, "error"), "not_found", None, Some(json!("n")));
+
+    for bad in [
+        json!({"type": "group_info"}),
+        json!({"type": "group_info", "gid": "x"}),
+    ] {
+        let out = h.req(1, bad.clone());
+        assert_eq!(out.one(1, "error")["code"], "bad_request", "{bad}");
+        assert!(h.queue.is_empty(), "{bad} reached the store");
+    }
+}
+
+#[test]
+fn typing_in_a_group_still_reaches_the_members_the_store_names() {
+    // The same store read answers `typing` and `group_info`: each goes where it belongs.
+    let mut h = Harness::new(HubConfig::default());
+    h.connect(1, "ann");
+    h.connect(2, "bob");
+    let out = h.req(1, json!({"type": "typing", "to": "group:7", "rid": 1}));
+    assert_eq!(out.types(1), ["ok"]);
+    let out = answer_members(&mut h, 7, Ok(team(7, &["ann", "bob"])));
+    assert_eq!(out.one(2, "typing")["conv"], "group:7");
+    assert!(
+        out.frames(1).is_empty(),
+        "no group reply to the typist: {out:#?}"
+    );
+}
+
+#[test]
+fn group_info_sees_the_writes_before_it_and_holds_the_writes_after_it() {
+    let mut h = Harness::new(HubConfig::default());
+    h.connect(1, "ann");
+    h.req(
+        1,
+        json!({"type": "group_add", "gid": "7", "members": ["cat"], "rid": "a"}),
+    );
+    let out = h.req(1, json!({"type": "group_info", "gid": "7", "rid": "i"}));
+    assert!(out.jobs().is_empty(), "it must see the add: {out:#?}");
+    h.send(1, "bob", "s");
+    assert_eq!(h.queue.len(), 1, "only the add: {:?}", h.queue);
+
+    let Job::GroupAdd { tag, .. } = h.take() else {
+        panic!("the add goes first");
+    };
+    let change = crate::store::GroupChange {
+        gid: 7,
+        name: "team".into(),
+        owner: Some("ann".into()),
+        members: vec!["ann".into(), "bob".into(), "cat".into()],
+        event: None,
+    };
+    let out = h.deliver(Completion::Group {
+        tag,
+        result: Ok(change),
+    });
+    assert_eq!(out.one(1, "group")["rid"], "a");
+    assert!(
+        matches!(h.queue.front(), Some(Job::Members { gid: 7, .. })),
+        "the read starts once the add is answered: {:?}",
+        h.queue
+    );
+    assert_eq!(h.queue.len(), 1, "and the send waits for it");
+
+    let out = answer_members(&mut h, 7, Ok(team(7, &["ann", "bob", "cat"])));
+    assert_eq!(out.one(1, "group")["rid"], "i");
+    assert!(
+        matches!(h.queue.front(), Some(Job::Send { cid, .. }) if cid == "s"),
+        "then the send: {:?}",
+        h.queue
+    );
+}
+
+#[test]
+fn a_group_info_answer_holds_the_next_read_until_the_output_drains() {
+    // A thousand members make an answer of up to ~66 KB: one unread at a time, like `history`.
+    let mut h = Harness::new(HubConfig::default());
+    h.hold_output = true;
+    h.connect(1, "ann");
+    for rid in 1..=2 {
+        h.req(1, json!({"type": "group_info", "gid": "7", "rid": rid}));
+    }
+    assert_eq!(h.queue.len(), 1, "one read at a time");
+    let out = answer_members(&mut h, 7, Ok(team(7, &["ann"])));
+    assert_eq!(out.typed(1, "group").len(), 1);
+    assert_eq!(h.awaiting_output, [1]);
+    assert!(
+        h.queue.is_empty(),
+        "the second waits for the first to be read"
+    );
+    h.drain_output(1);
+    assert!(matches!(h.queue.front(), Some(Job::Members { .. })));
+}
+
+#[test]
+fn group_info_counts_against_the_rate_and_is_refused_while_stopping() {
+    let mut h = Harness::new(rate_limited());
+    h.connect(1, "ann");
+    for rid in 0..5 {
+        h.req(1, json!({"type": "group_info", "gid": "7", "rid": rid}));
+    }
+    let out = h.req(1, json!({"type": "group_info", "gid": "7", "rid": 5}));
+    assert_error(out.one(1, "error"), "rate_limited", None, Some(json!(5)));
+
+    let mut h = Harness::new(HubConfig::default());
+    h.connect(1, "ann");
+    let mut out = Vec::new();
+    h.hub.shutdown(&mut out);
+    let out = h.req(1, json!({"type": "group_info", "gid": "7", "rid": 1}));
+    assert_error(out.one(1, "error"), "unavailable", None, Some(json!(1)));
+    assert!(h.queue.is_empty());
 }
