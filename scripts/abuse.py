@@ -18,7 +18,7 @@ half-messages: CONNS connections each start a message of ANNOUNCE bytes (1 MiB) 
 SEND bytes of it (64 KiB), then stall. Reports how the server's RSS grew, and how many connections it closed (1008 at the
 message timeout, 1009 at the endpoint's limit) or refused.
 
-bystander: FLOODERS connections send requests of ~16 KiB as fast as the server takes them
+bystander: FLOODERS connections send requests of REQUEST_BYTES (16000) as fast as the server takes them
 (the byte budget and the request budget both apply) while one bystander pings once every
 10 ms; reports the bystander's ping round trip p50/p99/max.
 """
@@ -166,7 +166,7 @@ def history_flood(args):
     flooders = []
     refused = 0
     for _ in range(args.conns):
-        conn, status = connect(args.addr, f"/ws?token={tok}", rcvbuf=4096)
+        conn, status = connect(args.addr, f"/ws?token={tok}", rcvbuf=4096, timeout=60)
         if status != 101:
             refused += 1
             conn.close()
@@ -254,8 +254,8 @@ def bystander(args):
         tok = token(f"flooder{index}", args.secret)
         conn, status = connect(args.addr, f"/ws?token={tok}")
         assert status == 101, status
-        # Pings padded to ~16 KiB: each is read, parsed in full and answered.
-        request = frame(json.dumps({"type": "ping", "pad": "p" * 16000}).encode())
+        # Padded pings: each is read, parsed in full and answered.
+        request = frame(json.dumps({"type": "ping", "pad": "p" * args.request_bytes}).encode())
         # Blocking sends: a send cut by a timeout would leave half a frame on the wire.
         conn.settimeout(None)
         while not stop.is_set():
@@ -297,6 +297,7 @@ def bystander(args):
     print(json.dumps({
         "attack": "bystander",
         "flooders": args.flooders,
+        "request_bytes": args.request_bytes,
         "flood_requests_sent": sum(sent),
         "pings": len(rtts),
         "ping_ms_p50": quantile(rtts, 0.5),
@@ -320,6 +321,7 @@ def main():
     sub.choices["half-messages"].add_argument("--announce", type=int, default=1 << 20)
     sub.choices["half-messages"].add_argument("--send", type=int, default=64 << 10)
     sub.choices["bystander"].add_argument("--flooders", type=int, default=4)
+    sub.choices["bystander"].add_argument("--request-bytes", type=int, default=16000)
     args = parser.parse_args()
     {"history-flood": history_flood, "half-messages": half_messages, "bystander": bystander}[args.attack](args)
 

@@ -814,6 +814,7 @@ impl Hub {
                         conv,
                         before,
                         limit,
+                        max_bytes: self.config.window_bytes,
                     },
                     _ => unreachable!("matched above"),
                 };

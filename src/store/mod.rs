@@ -294,14 +294,16 @@ pub enum Job {
     /// `user`'s conversations, newest last message first, at most `limit` (reader).
     /// Answered by [`Completion::Convs`].
     Convs { tag: u64, user: String, limit: u32 },
-    /// Messages of `conv` older than `before` (newest when `None`), at most `limit`,
-    /// oldest first (reader). Only for a participant. Answered by [`Completion::History`].
+    /// Messages of `conv` older than `before` (newest when `None`), at most `limit` and
+    /// about `max_bytes` of JSON (at least one), oldest first (reader). Only for a
+    /// participant. Answered by [`Completion::History`].
     History {
         tag: u64,
         user: String,
         conv: String,
         before: Option<u64>,
         limit: u32,
+        max_bytes: u64,
     },
     /// Group `gid` as it is now, its members in join order, asked by `user`, who must be
     /// one ([`StoreError::Forbidden`]; no such group: [`StoreError::NotFound`]) (reader).

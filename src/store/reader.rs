@@ -47,8 +47,9 @@ impl Reader {
                     conv,
                     before,
                     limit,
+                    max_bytes,
                     ..
-                } => views::history(&mut self.conn, user, conv, *before, *limit)
+                } => views::history(&mut self.conn, user, conv, *before, *limit, *max_bytes)
                     .map(Outcome::History),
                 Job::Members { user, gid, .. } => {
                     views::group(&mut self.conn, user, *gid).map(Outcome::Members)

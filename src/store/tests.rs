@@ -1252,6 +1252,7 @@ impl Im {
             conv: conv.into(),
             before,
             limit,
+            max_bytes: 1 << 20,
         }) {
             Completion::History { result, .. } => result,
             other => panic!("expected History, got {other:?}"),
@@ -2111,6 +2112,28 @@ fn a_dm_is_listed_for_both_sides_from_its_first_message_once() {
     im.send("alice", "bob", "and again");
     drop(im);
     assert_eq!(count(&dir, "convs"), 2);
+}
+
+#[test]
+fn a_history_page_stops_at_about_its_byte_budget() {
+    // A page is one frame the server holds until it is read: bodies JSON writes sixfold
+    // (96 KiB each) fill the 1 MiB budget at ten, whatever `limit` asked for.
+    let dir = TempDir::new("history-bytes");
+    let im = Im::open(&dir);
+    let body = "\u{1}".repeat(16 * 1024);
+    let mut all = Vec::new();
+    for i in 0..20 {
+        submit(
+            &im.store,
+            send_job(0, "alice", "bob", &format!("c{i}"), &body),
+        );
+        all.push(recv_sent(&im.done).1.mid);
+    }
+    let conv = "dm:alice:bob";
+    let newest = im.history("bob", conv, None, 100).unwrap();
+    assert_eq!((mids(&newest), newest.more), (all[10..].to_vec(), true));
+    let rest = im.history("bob", conv, Some(all[10]), 100).unwrap();
+    assert_eq!((mids(&rest), rest.more), (all[..10].to_vec(), false));
 }
 
 #[test]

@@ -137,8 +137,11 @@ pub(crate) fn history(
     conv: &str,
     before: Option<u64>,
     limit: u32,
+    max_bytes: u64,
 ) -> Result<History, StoreError> {
-    Ok(read(conn, |tx| history_in(tx, user, conv, before, limit))?)
+    Ok(read(conn, |tx| {
+        history_in(tx, user, conv, before, limit, max_bytes)
+    })?)
 }
 
 fn history_in(
@@ -147,6 +150,7 @@ fn history_in(
     conv: &str,
     before: Option<u64>,
     limit: u32,
+    max_bytes: u64,
 ) -> Result<History, Fail> {
     match ConvId::parse(conv) {
         None => return refuse(StoreError::Invalid("malformed conversation id")),
@@ -171,8 +175,18 @@ fn history_in(
         )?
         .query_map(params![conv, before, i64::from(limit) + 1], message)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    let more = msgs.len() > limit as usize;
+    let mut more = msgs.len() > limit as usize;
     msgs.truncate(limit as usize);
+    // A page is one frame: its size is what the server holds for a reader that does not
+    // read and what the reactor spends writing it, so it stops at about `max_bytes`.
+    let mut bytes = 0u64;
+    if let Some(fit) = msgs.iter().position(|m| {
+        bytes += (json_len(&m.body) + json_len(&m.cid) + MESSAGE_OVERHEAD) as u64;
+        bytes > max_bytes
+    }) {
+        msgs.truncate(fit.max(1));
+        more = true;
+    }
     msgs.reverse();
     Ok(History {
         conv: conv.to_owned(),
@@ -268,4 +282,20 @@ fn read<T>(
     let value = f(&tx)?;
     tx.commit()?;
     Ok(value)
+}
+
+/// What a history message costs besides its body and cid: the other fields, their names
+/// and the user id, generously.
+const MESSAGE_OVERHEAD: usize = 256;
+
+/// The bytes `text` takes as a JSON string's contents: control characters are six
+/// (`\u0001`) or two (`\n`), quotes and backslashes two.
+fn json_len(text: &str) -> usize {
+    text.bytes()
+        .map(|b| match b {
+            b'\n' | b'\r' | b'\t' | 0x08 | 0x0C | b'"' | b'\\' => 2,
+            0..=0x1F => 6,
+            _ => 1,
+        })
+        .sum()
 }
