@@ -254,3 +254,138 @@ fn a_connection_is_read_no_faster_than_its_byte_budget() {
     let _ = flooder.shutdown(std::net::Shutdown::Both);
     let _ = flood.join();
 }
+
+/// A socket to `addr` with a tiny receive buffer and maximum segment, set before the
+/// connect: the server's kernel then takes only a little of each write.
+fn cramped_socket(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    use std::os::fd::FromRawFd;
+    let std::net::SocketAddr::V4(v4) = addr else {
+        panic!("IPv4 only: {addr}")
+    };
+    // SAFETY: plain socket calls on a descriptor created here and then owned by the
+    // TcpStream; the pointers are to live locals.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket");
+        for (level, name, value) in [
+            (libc::SOL_SOCKET, libc::SO_RCVBUF, 4096),
+            (libc::IPPROTO_TCP, libc::TCP_MAXSEG, 536),
+        ] {
+            let value: libc::c_int = value;
+            let size = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            let rc = libc::setsockopt(fd, level, name, (&value as *const libc::c_int).cast(), size);
+            assert_eq!(rc, 0, "setsockopt");
+        }
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*v4.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let size = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let rc = libc::connect(fd, (&sin as *const libc::sockaddr_in).cast(), size);
+        assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
+        std::net::TcpStream::from_raw_fd(fd)
+    }
+}
+
+#[test]
+fn a_connection_shed_in_its_first_read_still_gets_a_well_formed_stream() {
+    // Requests pipelined behind the upgrade are answered in the same buffer as the `101`.
+    // If the kernel takes only part of it and the output is then shed, what went out and
+    // what follows must still be a `101` and whole frames, ending with the 1008 close.
+    let server = Server::start(&[
+        "--out-soft-cap",
+        "16KiB",
+        "--out-hard-cap",
+        "64KiB",
+        "--rate",
+        "1000000",
+        "--rate-bytes",
+        "0",
+    ]);
+    let mut alice = server.connect("alice");
+    let body = format!("{}{}", "\u{1}".repeat(2000), "x".repeat(6000));
+    for i in 0..20 {
+        alice.send_msg("alice", &format!("c{i}"), &body);
+        alice.expect("sent");
+    }
+    let mut input = format!(
+        "GET /ws?token={} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        token("alice")
+    )
+    .into_bytes();
+    // Rids of `~` (0x7E) would read as 16-bit lengths to a walk that starts on the `101`.
+    let rid = "~".repeat(120);
+    for i in 0..300 {
+        let ping = json!({"type": "ping", "rid": format!("{rid}{i}")}).to_string();
+        input.extend(raw_frame(true, 0x1, ping.as_bytes(), true));
+    }
+    let history = json!({"type": "history", "conv": "dm:alice:alice", "limit": 100});
+    input.extend(raw_frame(true, 0x1, history.to_string().as_bytes(), true));
+    let mut stream = cramped_socket(server.addr);
+    // All of it in the server's first read: it is paused while the bytes arrive.
+    server.send_signal(libc::SIGSTOP);
+    stream.write_all(&input).unwrap();
+    sleep(Duration::from_millis(300));
+    server.send_signal(libc::SIGCONT);
+    let head = read_head(&mut stream);
+    assert_eq!(parse_status(&head), 101, "{head}");
+    let mut frames = 0;
+    let close = loop {
+        match read_raw_frame(&mut stream) {
+            None => break None,
+            Some((0x8, payload)) => break Some(u16::from_be_bytes([payload[0], payload[1]])),
+            Some((0x1, payload)) => {
+                let value: serde_json::Value = serde_json::from_slice(&payload)
+                    .unwrap_or_else(|e| panic!("frame {frames} is not JSON ({e})"));
+                assert!(value["type"].is_string(), "frame {frames}: {value}");
+                frames += 1;
+            }
+            Some((opcode, _)) => panic!("frame {frames}: opcode {opcode:#x}"),
+        }
+    };
+    assert_eq!(close, Some(1008), "after {frames} whole frames");
+    // The server is well, and holds nothing for the connection it closed.
+    alice.assert_alive();
+    drop(stream);
+    drop(alice);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gauge(&server, "courier_connections_open") > 0.0 {
+        assert!(Instant::now() < deadline, "connections never closed");
+        sleep(Duration::from_millis(50));
+    }
+    assert_eq!(gauge(&server, "courier_output_queued_bytes"), 0.0);
+}
+
+#[test]
+fn a_steady_sender_whose_reads_end_mid_message_is_not_cut_off() {
+    // Each message completes well within the timeout, but every read ends inside the next
+    // one: the deadline runs per message, not from the first.
+    let server = Server::start(&["--message-timeout", "1s", "--echo", "on"]);
+    let (status, _, mut echo) = raw_upgrade(server.addr, "/echo", &[]);
+    assert_eq!(status, 101);
+    let message = raw_frame(true, 0x1, &[b'm'; 4000], true);
+    let stream: Vec<u8> = message
+        .iter()
+        .copied()
+        .cycle()
+        .take(message.len() * 31)
+        .collect();
+    let chunk = message.len() + 7;
+    // Thirty chunks 100 ms apart: three times the timeout, with a message begun at the end
+    // of every chunk.
+    for piece in stream.chunks(chunk).take(30) {
+        echo.write_all(piece).unwrap();
+        sleep(Duration::from_millis(100));
+    }
+    for i in 0..30 {
+        match read_raw_frame(&mut echo) {
+            Some((0x1, payload)) => assert_eq!(payload.len(), 4000, "echo {i}"),
+            other => panic!("echo {i}: {other:?}"),
+        }
+    }
+}

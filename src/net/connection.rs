@@ -127,6 +127,17 @@ impl Connection {
         Some((missing as u64 * 1000).div_ceil(u64::from(self.read_rate)))
     }
 
+    /// How many bytes the next read may take, at most `buffer`: what the budget holds,
+    /// but not less than a few KiB, or a slow rate would mean many tiny reads.
+    pub fn read_allowance(&self, buffer: usize) -> usize {
+        const LEAST: usize = 4096;
+        if self.read_rate == 0 {
+            return buffer;
+        }
+        let budget = usize::try_from(self.read_budget).unwrap_or(0);
+        budget.clamp(LEAST.min(buffer), buffer)
+    }
+
     /// Charges `bytes` read against the budget.
     pub fn charge_read(&mut self, bytes: usize) {
         if self.read_rate > 0 {
@@ -138,7 +149,8 @@ impl Connection {
     /// Drops every queued byte except the rest of a frame already begun on the wire, and
     /// refuses all output from now on. Returns how many bytes were dropped.
     pub fn shed_output(&mut self) -> usize {
-        let keep = self.frame_rest as usize;
+        debug_assert!(self.frame_rest as usize <= self.unsent.len());
+        let keep = (self.frame_rest as usize).min(self.unsent.len());
         let dropped = self.unsent.len() - keep;
         self.unsent.truncate(keep);
         self.unsent.shrink_to_fit();
@@ -148,9 +160,17 @@ impl Connection {
 
     /// After `written` bytes of `unsent` followed by `fresh` went to the kernel, records
     /// how much of a frame begun on the wire is left at the front of what remains.
-    pub fn note_written(&mut self, written: usize, fresh: &[u8]) {
-        let rest = frame_rest_after(&self.unsent, self.frame_rest as usize, written, fresh);
-        self.frame_rest = rest as u32;
+    /// `fresh_head` bytes at the front of `fresh` are not frames (a `101`): they too must
+    /// go out whole.
+    pub fn note_written(&mut self, written: usize, fresh: &[u8], fresh_head: usize) {
+        let rest = frame_rest_after(
+            &self.unsent,
+            self.frame_rest as usize,
+            written,
+            fresh,
+            fresh_head,
+        );
+        self.frame_rest = u32::try_from(rest).unwrap_or(u32::MAX);
     }
 
     /// Records the close code sent or received, unless one already was: the first one is
@@ -178,13 +198,19 @@ fn read_burst(rate: u32) -> i32 {
 
 /// How many bytes at the front of what is left after `written` bytes of `queued` then
 /// `fresh` went out belong to a frame whose start went out. `queued` holds whole frames
-/// after its first `rest` bytes and `fresh` holds whole frames, so a walk over headers
-/// starts on one.
-fn frame_rest_after(queued: &[u8], rest: usize, written: usize, fresh: &[u8]) -> usize {
+/// after its first `rest` bytes and `fresh` after its first `fresh_head` bytes, so a walk
+/// over headers starts on one; the bytes before it are kept whole like a frame.
+fn frame_rest_after(
+    queued: &[u8],
+    rest: usize,
+    written: usize,
+    fresh: &[u8],
+    fresh_head: usize,
+) -> usize {
     let (buf, start, consumed) = if written <= queued.len() {
         (queued, rest, written)
     } else {
-        (fresh, 0, written - queued.len())
+        (fresh, fresh_head, written - queued.len())
     };
     // All of a buffer written ends on a frame boundary: no walk needed.
     if consumed == buf.len() {
@@ -216,22 +242,34 @@ mod tests {
         let queued = frames(&[10, 200, 5]);
         let fresh = frames(&[3, 70_000]);
         let q = queued.len();
-        assert_eq!(frame_rest_after(&queued, 0, 0, &fresh), 0);
-        assert_eq!(frame_rest_after(&queued, 0, 5, &fresh), 12 - 5);
-        assert_eq!(frame_rest_after(&queued, 0, 12, &fresh), 0);
-        assert_eq!(frame_rest_after(&queued, 0, 13, &fresh), 204 - 1);
-        assert_eq!(frame_rest_after(&queued, 0, q, &fresh), 0);
-        assert_eq!(frame_rest_after(&queued, 0, q + 1, &fresh), 5 - 1);
+        assert_eq!(frame_rest_after(&queued, 0, 0, &fresh, 0), 0);
+        assert_eq!(frame_rest_after(&queued, 0, 5, &fresh, 0), 12 - 5);
+        assert_eq!(frame_rest_after(&queued, 0, 12, &fresh, 0), 0);
+        assert_eq!(frame_rest_after(&queued, 0, 13, &fresh, 0), 204 - 1);
+        assert_eq!(frame_rest_after(&queued, 0, q, &fresh, 0), 0);
+        assert_eq!(frame_rest_after(&queued, 0, q + 1, &fresh, 0), 5 - 1);
         assert_eq!(
-            frame_rest_after(&queued, 0, q + 5 + 10, &fresh),
+            frame_rest_after(&queued, 0, q + 5 + 10, &fresh, 0),
             70_010 - 10
         );
-        assert_eq!(frame_rest_after(&queued, 0, q + fresh.len(), &fresh), 0);
+        assert_eq!(frame_rest_after(&queued, 0, q + fresh.len(), &fresh, 0), 0);
         // Queued output that starts with the rest of a frame: the walk starts after it.
         let mut tail_first = vec![b'x'; 7];
         tail_first.extend_from_slice(&queued);
-        assert_eq!(frame_rest_after(&tail_first, 7, 3, &fresh), 4);
-        assert_eq!(frame_rest_after(&tail_first, 7, 7, &fresh), 0);
-        assert_eq!(frame_rest_after(&tail_first, 7, 8, &fresh), 11);
+        assert_eq!(frame_rest_after(&tail_first, 7, 3, &fresh, 0), 4);
+        assert_eq!(frame_rest_after(&tail_first, 7, 7, &fresh, 0), 0);
+        assert_eq!(frame_rest_after(&tail_first, 7, 8, &fresh, 0), 11);
+    }
+
+    #[test]
+    fn a_handshake_response_before_the_frames_is_kept_whole_and_not_walked() {
+        // "HT" would read as a header with a length of 0x54: the walk must start after it.
+        let mut fresh = b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec();
+        let head = fresh.len();
+        fresh.extend_from_slice(&frames(&[10, 300]));
+        assert_eq!(frame_rest_after(&[], 0, 4, &fresh, head), head - 4);
+        assert_eq!(frame_rest_after(&[], 0, head, &fresh, head), 0);
+        assert_eq!(frame_rest_after(&[], 0, head + 3, &fresh, head), 12 - 3);
+        assert_eq!(frame_rest_after(&[], 0, head + 13, &fresh, head), 304 - 1);
     }
 }

@@ -115,6 +115,9 @@ struct Reactor<S> {
     read_buf: Box<[u8]>,
     /// Everything produced for the connection being handled, written once per wake-up.
     scratch: Vec<u8>,
+    /// Bytes at the front of `scratch` that are not frames: the `101` of a connection
+    /// upgraded in this read. Never dropped by a shed, and skipped by the frame walk.
+    scratch_head: usize,
     /// Connections the service queued output for; written at the end of the wake-up.
     dirty: Vec<ConnId>,
     /// Closes the service asked for during its last call.
@@ -170,6 +173,7 @@ impl<S: Service> Reactor<S> {
             now: 0,
             read_buf: vec![0u8; READ_BUF].into_boxed_slice(),
             scratch: Vec::with_capacity(READ_BUF),
+            scratch_head: 0,
             dirty: Vec::new(),
             closes: Vec::new(),
             still_readable: Vec::new(),
@@ -401,6 +405,7 @@ impl<S: Service> Reactor<S> {
         // Whatever was produced for a connection that went away (EOF, reset) must not be
         // written to the next one flushed.
         self.scratch.clear();
+        self.scratch_head = 0;
     }
 
     fn read_and_flush(&mut self, id: ConnId) {
@@ -441,7 +446,10 @@ impl<S: Service> Reactor<S> {
                 break;
             }
             conn.read_blocked = false;
-            let read = match conn.socket.read(&mut self.read_buf) {
+            // No more than the budget holds, so one read cannot overdraw it by a whole
+            // buffer (a long pause for a slow rate).
+            let want = conn.read_allowance(self.read_buf.len());
+            let read = match conn.socket.read(&mut self.read_buf[..want]) {
                 Ok(0) => return self.drop_conn(id),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -454,7 +462,7 @@ impl<S: Service> Reactor<S> {
             if self.handle_input(id, read) == Flow::Dropped {
                 return;
             }
-            if read < self.read_buf.len() {
+            if read < want {
                 break;
             }
         }
@@ -549,12 +557,10 @@ impl<S: Service> Reactor<S> {
         }
         let deadline = self.now + self.config.idle_timeout_ms;
         self.arm(id, deadline);
-        // The `101` in the shared buffer is not the service's to drop if it sheds output.
-        let handshake_response = self.scratch.len();
-        let (service, mut out) = self.service_and_out(Some(id));
-        out.scratch_floor = handshake_response;
-        service.opened(id, &mut out);
-        self.apply_closes(Some(id));
+        // The `101` in the shared buffer is not the service's to drop if it sheds output,
+        // nor a frame.
+        self.scratch_head = self.scratch.len();
+        self.with_service(Some(id), |service, out| service.opened(id, out));
         if self.live(id.to_u64()).is_none() {
             return Flow::Dropped;
         }
@@ -578,6 +584,8 @@ impl<S: Service> Reactor<S> {
         };
         let mut pos = 0;
         let mut finished = false;
+        // A message completed here: one still in progress at the end began in this input.
+        let mut completed = false;
         while pos < input.len() {
             let (used, event) = match ws.read(&mut input[pos..], &mut self.scratch) {
                 Ok(step) => step,
@@ -599,6 +607,7 @@ impl<S: Service> Reactor<S> {
                 }
                 None => break,
             };
+            completed = true;
             let (service, mut out) = self.service_and_out(Some(id));
             service.message(id, opcode, payload, &mut out);
             // A close the service asked for starts here, after what it sent. The rest of
@@ -622,9 +631,10 @@ impl<S: Service> Reactor<S> {
         let mid_message = ws.mid_message();
         let conn = &mut self.conns[id.index as usize];
         conn.phase = Phase::Upgraded(ws);
-        if !mid_message {
+        if !mid_message || completed {
             conn.message_began = 0;
-        } else if open && conn.message_began == 0 {
+        }
+        if mid_message && open && conn.message_began == 0 {
             // A message left half-received: its deadline may come before the idle one.
             conn.message_began = (self.now as u32).max(1);
             let idle_at = conn.last_read + self.config.idle_timeout_ms;
@@ -640,6 +650,7 @@ impl<S: Service> Reactor<S> {
         let Reactor {
             conns,
             scratch,
+            scratch_head,
             dirty,
             closes,
             queued_bytes,
@@ -651,7 +662,7 @@ impl<S: Service> Reactor<S> {
         let out = Out {
             conns,
             scratch,
-            scratch_floor: 0,
+            scratch_floor: *scratch_head,
             current,
             dirty,
             closes,
@@ -734,6 +745,7 @@ impl<S: Service> Reactor<S> {
         let Reactor {
             conns,
             scratch,
+            scratch_head,
             config,
             ..
         } = self;
@@ -754,17 +766,21 @@ impl<S: Service> Reactor<S> {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(_) => {
                         scratch.clear();
+                        *scratch_head = 0;
                         return self.drop_conn(id);
                     }
                 }
             };
-            conn.note_written(written, scratch);
+            if conn.was_upgraded() {
+                conn.note_written(written, scratch, *scratch_head);
+            }
             let queued_before = conn.unsent.len();
             let from_unsent = written.min(conn.unsent.len());
             conn.unsent.drain(..from_unsent);
             let from_scratch = written - from_unsent;
             conn.unsent.extend_from_slice(&scratch[from_scratch..]);
             scratch.clear();
+            *scratch_head = 0;
             self.queued_bytes = self.queued_bytes - queued_before + conn.unsent.len();
         }
         if conn.unsent.is_empty() && conn.unsent.capacity() > 0 {
@@ -789,7 +805,12 @@ impl<S: Service> Reactor<S> {
         }
         if conn.watch_output && conn.unsent.len() <= config.out_soft_cap {
             conn.watch_output = false;
-            self.relieved.push(id);
+            // A connection that shed its output or is closing has no room to report: more
+            // work for it would only be thrown away.
+            let open = matches!(&conn.phase, Phase::Upgraded(ws) if ws.state() == WsState::Open);
+            if open && !conn.shed {
+                self.relieved.push(id);
+            }
         }
         if let Some(deadline) = close_deadline {
             self.arm(id, deadline);

@@ -300,17 +300,27 @@ pub fn encoded_len(payload_len: usize) -> usize {
 
 /// Where the frame starting at `buf[0]` ends, read from its header: for walking a queue of
 /// frames this side encoded (whole headers, lengths already checked), never for input.
+/// A header cut short (which a well-kept queue never holds) ends the walk at the buffer's
+/// end rather than reading past it.
 pub fn next_boundary(buf: &[u8]) -> usize {
-    let masked = buf[1] & 0x80 != 0;
-    let (header, len) = match buf[1] & 0x7F {
-        126 => (4, u64::from(u16::from_be_bytes([buf[2], buf[3]]))),
-        127 => (
-            10,
-            u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes")),
-        ),
+    let Some(&b1) = buf.get(1) else {
+        return buf.len().max(1);
+    };
+    let masked = b1 & 0x80 != 0;
+    let (header, len) = match b1 & 0x7F {
+        126 => match buf.get(2..4) {
+            Some(b) => (4, u64::from(u16::from_be_bytes([b[0], b[1]]))),
+            None => return buf.len(),
+        },
+        127 => match buf.get(2..10) {
+            Some(b) => (10, u64::from_be_bytes(b.try_into().expect("8 bytes"))),
+            None => return buf.len(),
+        },
         len => (2, u64::from(len)),
     };
-    header + if masked { 4 } else { 0 } + len as usize
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    let header: usize = header + if masked { 4 } else { 0 };
+    header.saturating_add(len)
 }
 
 /// Appends one complete frame to `out`, masking the payload copy when `mask` is given
