@@ -5,6 +5,11 @@
     scripts/abuse.py half-messages --addr 127.0.0.1:8080 --pid PID [--conns 300] [--path /echo]
                                    [--announce BYTES] [--send BYTES]
     scripts/abuse.py bystander --addr 127.0.0.1:8080 --secret S [--flooders 4] [--seconds 10]
+    scripts/abuse.py invented-users --addr 127.0.0.1:8080 --secret S --pid PID [--count 1000000]
+
+invented-users: one user creates groups naming 999 users nobody has seen, until COUNT
+users exist; reports the server's RSS before and after (restart the server on the same
+data folder and read its RSS to see what they cost at start).
 
 Each prints one JSON line of figures. Only loopback addresses are accepted, every loop is
 bounded in count and time, and every socket is closed at the end.
@@ -306,10 +311,46 @@ def bystander(args):
     }))
 
 
+def invented_users(args):
+    tok = token("inventor", args.secret)
+    conn, status = connect(args.addr, f"/ws?token={tok}", timeout=120)
+    assert status == 101, status
+    read_json(conn, "welcome")
+    baseline = rss_kib(args.pid)
+    started = time.monotonic()
+    made, refused, rid = 0, 0, 0
+    while made < args.count:
+        rid += 1
+        members = [f"n{made + i}" for i in range(min(999, args.count - made))]
+        conn.sendall(frame(json.dumps({"type": "group_create", "name": "g", "members": members, "rid": rid}).encode()))
+        while True:
+            opcode, payload = read_frame(conn)
+            value = json.loads(payload) if opcode == 0x1 else {}
+            if value.get("rid") == rid:
+                break
+        if value.get("type") == "group":
+            made += len(members)
+        else:
+            refused += 1
+            if value.get("code") == "rate_limited":
+                time.sleep(0.05)
+            else:
+                break
+    conn.close()
+    print(json.dumps({
+        "attack": "invented-users",
+        "users_named": made,
+        "refused": refused,
+        "seconds": round(time.monotonic() - started, 1),
+        "rss_before_mib": round(baseline / 1024, 1),
+        "rss_after_mib": round(rss_kib(args.pid) / 1024, 1),
+    }))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="attack", required=True)
-    for name in ("history-flood", "half-messages", "bystander"):
+    for name in ("history-flood", "half-messages", "bystander", "invented-users"):
         p = sub.add_parser(name)
         p.add_argument("--addr", default="127.0.0.1:8080")
         p.add_argument("--secret", default="")
@@ -320,10 +361,17 @@ def main():
     sub.choices["half-messages"].add_argument("--path", default="/echo")
     sub.choices["half-messages"].add_argument("--announce", type=int, default=1 << 20)
     sub.choices["half-messages"].add_argument("--send", type=int, default=64 << 10)
+    sub.choices["invented-users"].add_argument("--count", type=int, default=1_000_000)
     sub.choices["bystander"].add_argument("--flooders", type=int, default=4)
     sub.choices["bystander"].add_argument("--request-bytes", type=int, default=16000)
     args = parser.parse_args()
-    {"history-flood": history_flood, "half-messages": half_messages, "bystander": bystander}[args.attack](args)
+    attacks = {
+        "history-flood": history_flood,
+        "half-messages": half_messages,
+        "bystander": bystander,
+        "invented-users": invented_users,
+    }
+    attacks[args.attack](args)
 
 
 if __name__ == "__main__":
