@@ -160,6 +160,16 @@ pub const SERVE_FLAGS: &[Flag] = &[
         help: "how long after sending a message its sender may recall it",
     },
     Flag {
+        name: "groups-per-hour",
+        default: "60",
+        help: "groups one user may create per hour (rate_limited past it); 0: no limit",
+    },
+    Flag {
+        name: "new-users-per-hour",
+        default: "5000",
+        help: "users one user may name that did not exist before, by a message or a group request, per hour (rate_limited past it); 0: no limit",
+    },
+    Flag {
         name: "max-group",
         default: "1000",
         help: "most members a group may have",

@@ -171,6 +171,12 @@ fn serve(args: &[String]) -> Result<(), String> {
         ..HubConfig::default()
     };
     let mut store = StoreConfig::new(values.raw("data"));
+    store.budget = courier::store::Budget {
+        groups_per_hour: u32::try_from(values.count("groups-per-hour")?)
+            .map_err(|_| "--groups-per-hour is too large")?,
+        new_users_per_hour: u32::try_from(values.count("new-users-per-hour")?)
+            .map_err(|_| "--new-users-per-hour is too large")?,
+    };
     store.synchronous = match values.raw("synchronous") {
         "normal" => Synchronous::Normal,
         "full" => Synchronous::Full,

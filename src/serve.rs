@@ -656,7 +656,10 @@ fn failure(completion: &Completion) -> Option<&crate::store::StoreError> {
         Completion::Members { result, .. } => result.as_ref().err(),
     }?;
     match error {
-        StoreError::Forbidden(_) | StoreError::NotFound(_) | StoreError::Invalid(_) => None,
+        StoreError::Forbidden(_)
+        | StoreError::NotFound(_)
+        | StoreError::Invalid(_)
+        | StoreError::OverBudget(_) => None,
         other => Some(other),
     }
 }

@@ -389,3 +389,73 @@ fn a_steady_sender_whose_reads_end_mid_message_is_not_cut_off() {
         }
     }
 }
+
+#[test]
+fn one_user_may_invent_only_so_many_users_and_groups_an_hour() {
+    let server = Server::start(&["--groups-per-hour", "2", "--new-users-per-hour", "5"]);
+    let mut ann = server.connect("ann");
+    server.connect("bob").assert_alive();
+    // bob has a row once someone wrote to him; the others are invented by ann's requests.
+    server.connect("cat").send_msg("bob", "hi", "x");
+    // The answer to a request, past the pushes (group entries) on the way.
+    let request = |client: &mut Client, value: serde_json::Value| {
+        let rid = value["rid"].clone();
+        client.send(value);
+        loop {
+            let frame = client.next_json();
+            if frame["rid"] == rid {
+                return frame;
+            }
+        }
+    };
+    let group = request(
+        &mut ann,
+        json!({"type": "group_create", "name": "g", "members": ["bob", "n1", "n2", "n3"], "rid": 1}),
+    );
+    assert_eq!(group["type"], "group", "{group}");
+    let gid = group["gid"].clone();
+    let refused = request(
+        &mut ann,
+        json!({"type": "group_add", "gid": gid, "members": ["n4", "n5", "n6"], "rid": 2}),
+    );
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("rate_limited")),
+        "three more would be six new users: {refused}"
+    );
+    let added = request(
+        &mut ann,
+        json!({"type": "group_add", "gid": gid, "members": ["n4", "n5"], "rid": 3}),
+    );
+    assert_eq!(added["type"], "group", "{added}");
+    // The budget is spent: a message to a user nobody named is refused too, one to an
+    // existing user is not.
+    let refused = request(
+        &mut ann,
+        json!({"type": "send", "cid": "c1", "to": "user:n9", "body": "x", "rid": 4}),
+    );
+    assert_eq!(refused["code"], "rate_limited", "{refused}");
+    let sent = request(
+        &mut ann,
+        json!({"type": "send", "cid": "c2", "to": "user:bob", "body": "x", "rid": 5}),
+    );
+    assert_eq!(sent["type"], "sent", "{sent}");
+    // Groups: a second one of existing users is fine, a third is not.
+    let second = request(
+        &mut ann,
+        json!({"type": "group_create", "name": "h", "members": ["bob"], "rid": 6}),
+    );
+    assert_eq!(second["type"], "group", "{second}");
+    let third = request(
+        &mut ann,
+        json!({"type": "group_create", "name": "i", "members": ["bob"], "rid": 7}),
+    );
+    assert_eq!(third["code"], "rate_limited", "{third}");
+    // Budgets are per user.
+    let mut bob = server.connect("bob");
+    let own = request(
+        &mut bob,
+        json!({"type": "group_create", "name": "b", "members": ["m1"], "rid": 8}),
+    );
+    assert_eq!(own["type"], "group", "{own}");
+}

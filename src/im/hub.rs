@@ -1702,6 +1702,7 @@ fn failed(
         StoreError::Forbidden(why) => (ErrorCode::Forbidden, *why),
         StoreError::NotFound(what) => (ErrorCode::NotFound, *what),
         StoreError::Invalid(what) => (ErrorCode::BadRequest, *what),
+        StoreError::OverBudget(why) => (ErrorCode::RateLimited, *why),
         other => (ErrorCode::Internal, store_failure(other)),
     };
     error(out, conn, rid, cid, code, message);

@@ -33,6 +33,9 @@ pub enum StoreError {
     Forbidden(&'static str),
     /// No such message, group or conversation. Nothing was written.
     NotFound(&'static str),
+    /// The user has made too many groups or named too many new users this hour
+    /// (`budget.rs`). Nothing was written.
+    OverBudget(&'static str),
 }
 
 impl fmt::Display for StoreError {
@@ -52,6 +55,7 @@ impl fmt::Display for StoreError {
             StoreError::Invalid(what) => write!(f, "invalid job: {what}"),
             StoreError::Forbidden(why) => write!(f, "forbidden: {why}"),
             StoreError::NotFound(what) => write!(f, "not found: {what}"),
+            StoreError::OverBudget(why) => write!(f, "over budget: {why}"),
         }
     }
 }

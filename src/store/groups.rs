@@ -27,6 +27,7 @@ use std::collections::{HashMap, HashSet};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
+use super::budget::Budgets;
 use super::conv::group_conv;
 use super::error::StoreError;
 use super::events::{self, Notice};
@@ -216,6 +217,7 @@ pub(crate) fn create(
     conn: &Connection,
     users: &mut Users,
     groups: &mut Groups,
+    budgets: &mut Budgets,
     owner: &str,
     name: &str,
     members: &[String],
@@ -240,6 +242,13 @@ pub(crate) fn create(
     if names.len() > max_members as usize {
         return Err(Fail::forbidden("the group would have too many members"));
     }
+    let invented = names[1..]
+        .iter()
+        .filter(|n| users.find(n).is_none())
+        .count();
+    budgets
+        .charge(owner, ts as u64, 1, invented as u32)
+        .map_err(Fail::Rejected)?;
 
     // Checked; writes from here on.
     let mut joined = names
@@ -281,6 +290,7 @@ pub(crate) fn add(
     conn: &Connection,
     users: &mut Users,
     groups: &mut Groups,
+    budgets: &mut Budgets,
     user: &str,
     gid: u64,
     members: &[String],
@@ -312,6 +322,10 @@ pub(crate) fn add(
     if group.members.len() + new.len() > max_members as usize {
         return Err(Fail::forbidden("the group would have too many members"));
     }
+    let invented = new.iter().filter(|n| users.find(n).is_none()).count();
+    budgets
+        .charge(user, ts as u64, 0, invented as u32)
+        .map_err(Fail::Rejected)?;
 
     // Checked; writes from here on.
     let mut added = new

@@ -85,6 +85,7 @@
 //! `complete` (mod.rs) and one in the writer's `apply` or the reader's loop. A schema change
 //! is a step appended to `schema::MIGRATIONS`, never an edit of an existing one.
 
+mod budget;
 mod checkpoint;
 mod conv;
 mod error;
@@ -109,6 +110,7 @@ use std::thread::{self, JoinHandle};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
+pub use budget::Budget;
 pub(crate) use conv::{parse_gid, ConvId};
 pub use error::StoreError;
 pub use stats::{Histogram, Stats, BUCKETS};
@@ -181,6 +183,8 @@ pub struct StoreConfig {
     pub max_batch: usize,
     /// Bound of each channel, in jobs; 0 is taken as 1.
     pub queue: usize,
+    /// Groups created and new users named per user per hour (`budget.rs`).
+    pub budget: Budget,
 }
 
 impl StoreConfig {
@@ -192,6 +196,7 @@ impl StoreConfig {
             readers: DEFAULT_READERS,
             max_batch: DEFAULT_MAX_BATCH,
             queue: DEFAULT_QUEUE,
+            budget: Budget::default(),
         }
     }
 }
@@ -608,6 +613,7 @@ fn open_gated(
         notify: notify.clone(),
         counters: counters.clone(),
         max_batch: config.max_batch.max(1),
+        budget: config.budget,
         checkpoint: nudge_tx,
         finish_checkpoint: finish_checkpoint.clone(),
         _lock: lock,

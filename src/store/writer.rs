@@ -28,6 +28,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 use rusqlite::{params, Connection};
 
+use super::budget::{Budget, Budgets};
 use super::checkpoint;
 use super::conv::{self, KnownDms};
 use super::error::{sql, StoreError};
@@ -46,6 +47,7 @@ pub(crate) struct Writer {
     pub notify: Notify,
     pub counters: Arc<Counters>,
     pub max_batch: usize,
+    pub budget: Budget,
     /// Tells the checkpointer there is something new in the WAL; capacity 1, so nudges
     /// coalesce and sending never blocks.
     pub checkpoint: Sender<()>,
@@ -66,6 +68,7 @@ pub(crate) struct Writer {
 pub(crate) struct Memory {
     pub groups: Groups,
     pub dms: KnownDms,
+    pub budgets: Budgets,
 }
 
 impl Memory {
@@ -115,7 +118,10 @@ impl From<rusqlite::Error> for Fail {
 
 impl Writer {
     pub(crate) fn run(mut self) {
-        let mut memory = Memory::default();
+        let mut memory = Memory {
+            budgets: Budgets::new(self.budget),
+            ..Memory::default()
+        };
         let mut batch: Vec<Job> = Vec::new();
         let mut outcomes: Vec<Result<Outcome, StoreError>> = Vec::new();
         // `recv` fails only once every sender is gone and the queue is empty: the store is
@@ -256,17 +262,7 @@ fn apply(
             kind,
             ts,
             ..
-        } => send(
-            conn,
-            users,
-            &mut memory.dms,
-            sender,
-            cid,
-            to,
-            body,
-            kind,
-            *ts,
-        ),
+        } => send(conn, users, memory, sender, cid, to, body, kind, *ts),
         Job::GroupSend {
             sender,
             cid,
@@ -317,6 +313,7 @@ fn apply(
             conn,
             users,
             &mut memory.groups,
+            &mut memory.budgets,
             owner,
             name,
             members,
@@ -334,6 +331,7 @@ fn apply(
             conn,
             users,
             &mut memory.groups,
+            &mut memory.budgets,
             user,
             *gid,
             members,
@@ -354,7 +352,7 @@ fn apply(
 fn send(
     conn: &Connection,
     users: &mut Users,
-    dms: &mut KnownDms,
+    memory: &mut Memory,
     sender: &str,
     cid: &str,
     to: &str,
@@ -367,6 +365,11 @@ fn send(
     if sender.is_empty() || to.is_empty() {
         return Err(Fail::invalid("empty user id"));
     }
+    let invents = u32::from(to != sender && users.find(to).is_none());
+    memory
+        .budgets
+        .charge(sender, ts as u64, 0, invents)
+        .map_err(Fail::Rejected)?;
     let s = users.get_or_create(conn, sender)?;
     let sender_seq = users.head(s) + 1;
     let conv = dm_conv(sender, to);
@@ -395,7 +398,7 @@ fn send(
     };
     // Both sides list the conversation from their first message on; the writer remembers
     // pairs it has seen, so a running conversation costs no statement here.
-    dms.ensure(conn, users, s, r, &conv)?;
+    memory.dms.ensure(conn, users, s, r, &conv)?;
     Ok(Outcome::Sent {
         mid: mid as u64,
         conv,
