@@ -83,6 +83,14 @@ cargo test --doc
 cargo test --all-targets
 done_section
 
+section "soak (scripts/soak.sh, 60 s)"
+# Churn, sends, syncs, group changes and abusive clients against a fresh server; fails if an
+# acknowledged message is lost or the server's RSS, files or WAL keep growing. It runs the
+# debug binaries `cargo test --all-targets` just built, so it costs its minute and no build.
+# SOAK_SECONDS overrides the length.
+scripts/soak.sh --seconds "${SOAK_SECONDS:-60}"
+done_section
+
 section "Autobahn conformance, cases 1-10 strict (scripts/autobahn.sh)"
 scripts/autobahn.sh
 done_section

@@ -74,7 +74,8 @@ pub struct HubConfig {
     /// Requests per second a connection may make on average, and in a burst.
     pub rate_per_sec: u32,
     pub rate_burst: u32,
-    /// Requests refused for rate in a row before the connection is closed with 1008.
+    /// Refusals for rate, less the requests that passed meanwhile, before the connection
+    /// is closed with 1008.
     pub rate_strikes: u32,
     /// How long after sending a message its sender may recall it.
     pub recall_window_ms: u64,
@@ -634,7 +635,12 @@ impl Hub {
             let message = "too many requests: slow down";
             return error(out, conn, rid, cid, ErrorCode::RateLimited, message);
         }
-        session.strikes = 0;
+        // A request that passes takes one refusal off the count rather than clearing it: a
+        // client that floods at several times its rate gets some through whenever the
+        // bucket refills, and must still be closed. Acks, being cheap, take nothing off.
+        if cost == 1000 {
+            session.strikes = session.strikes.saturating_sub(1);
+        }
         let (request, rid) = match parsed {
             Ok(parsed) => parsed,
             Err(bad) => {

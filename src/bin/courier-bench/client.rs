@@ -6,7 +6,7 @@
 use std::fmt;
 use std::io::{self, Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, ToSocketAddrs as _};
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd as _, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -226,14 +226,26 @@ impl Client {
     /// the source address otherwise). The handshake clock starts before the socket exists,
     /// so the connect syscall itself is part of the measured time.
     pub fn connect(addr: SocketAddr, source: Option<Ipv4Addr>, ws: Conn) -> io::Result<Client> {
+        Client::connect_tuned(addr, source, None, ws)
+    }
+
+    /// [`Client::connect`] with a receive buffer of `rcvbuf` bytes set before the connect,
+    /// when the TCP window is negotiated (later it would not shrink what the server may
+    /// send): how a client that stops reading is made to push back at once.
+    pub fn connect_tuned(
+        addr: SocketAddr,
+        source: Option<Ipv4Addr>,
+        rcvbuf: Option<usize>,
+        ws: Conn,
+    ) -> io::Result<Client> {
         let started = Instant::now();
-        let stream = match (source, addr) {
-            (None, _) => TcpStream::connect(addr)?,
-            (Some(ip), SocketAddr::V4(v4)) => connect_from(ip, v4)?,
-            (Some(_), SocketAddr::V6(_)) => {
+        let stream = match (source, rcvbuf, addr) {
+            (None, None, _) => TcpStream::connect(addr)?,
+            (_, _, SocketAddr::V4(v4)) => connect_from(source, v4, rcvbuf)?,
+            (_, _, SocketAddr::V6(_)) => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    "an IPv4 source address cannot reach an IPv6 target",
+                    "a source address or a receive buffer needs an IPv4 target",
                 ))
             }
         };
@@ -331,11 +343,16 @@ pub fn read(stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<Option<usize>>
     }
 }
 
-/// A nonblocking socket bound to `source` and connecting to `target`. The port is left to
-/// `connect` (IP_BIND_ADDRESS_NO_PORT): a plain `bind` to port 0 would have to pick a port
-/// free for every destination, which caps each source address at the ephemeral range
-/// minus whatever else holds ports; deferred, the kernel only needs the 4-tuple unique.
-fn connect_from(source: Ipv4Addr, target: SocketAddrV4) -> io::Result<TcpStream> {
+/// A nonblocking socket connecting to `target`, bound to `source` when given, with a
+/// receive buffer of `rcvbuf` bytes when given. The port is left to `connect`
+/// (IP_BIND_ADDRESS_NO_PORT): a plain `bind` to port 0 would have to pick a port free for
+/// every destination, which caps each source address at the ephemeral range minus
+/// whatever else holds ports; deferred, the kernel only needs the 4-tuple unique.
+fn connect_from(
+    source: Option<Ipv4Addr>,
+    target: SocketAddrV4,
+    rcvbuf: Option<usize>,
+) -> io::Result<TcpStream> {
     // SAFETY: plain socket(2); the result is checked before it is wrapped.
     let fd = unsafe {
         libc::socket(
@@ -350,32 +367,25 @@ fn connect_from(source: Ipv4Addr, target: SocketAddrV4) -> io::Result<TcpStream>
     // SAFETY: `fd` is a fresh descriptor nothing else owns; OwnedFd closes it on every
     // error path below.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt reads an int we own, with its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
+    if let Some(bytes) = rcvbuf {
+        let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        set_int_option(&sock, libc::SOL_SOCKET, libc::SO_RCVBUF, bytes)?;
     }
-    let local = sockaddr_in(SocketAddrV4::new(source, 0));
     let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: bind reads a sockaddr_in we own, with its size.
-    if unsafe {
-        libc::bind(
-            sock.as_raw_fd(),
-            (&local as *const libc::sockaddr_in).cast(),
-            len,
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error());
+    if let Some(source) = source {
+        set_int_option(&sock, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)?;
+        let local = sockaddr_in(SocketAddrV4::new(source, 0));
+        // SAFETY: bind reads a sockaddr_in we own, with its size.
+        if unsafe {
+            libc::bind(
+                sock.as_raw_fd(),
+                (&local as *const libc::sockaddr_in).cast(),
+                len,
+            )
+        } != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
     }
     let remote = sockaddr_in(target);
     // SAFETY: connect reads a sockaddr_in we own, with its size.
@@ -393,6 +403,29 @@ fn connect_from(source: Ipv4Addr, target: SocketAddrV4) -> io::Result<TcpStream>
         }
     }
     Ok(TcpStream::from_std(std::net::TcpStream::from(sock)))
+}
+
+/// setsockopt with an int value.
+pub fn set_int_option(
+    sock: &impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: setsockopt reads an int we own, with its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {

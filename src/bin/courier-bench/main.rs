@@ -9,9 +9,11 @@ mod client;
 mod connect;
 mod echo;
 mod fanout;
+mod health;
 mod im;
 mod imclient;
 mod ledger;
+mod soak;
 mod stats;
 mod svg;
 
@@ -30,6 +32,10 @@ modes:
   fanout    a group of G members, all connected, S of them sending to it, every push
             acked: deliveries/s, sends/s, send -> delivery p50/p99/p99.9/max, then the
             same exactly-once, gap-free check (run the server with a high --rate)
+  soak      a bounded soak on loopback: users that churn their connections, send, sync
+            and change groups beside a few abusive clients; every acknowledged message
+            must be in its inboxes once at the end, and (with --server-pid) the server's
+            RSS, open files and WAL must stop growing (scripts/soak.sh runs it)
 
 courier-bench MODE --help lists a mode's flags with their defaults.
 Exit status: 0 ok, 1 the run failed (cannot connect, handshake rejected, fd limit, a wrong
@@ -44,6 +50,7 @@ fn main() {
         Some("connect") => connect::main(&argv[1..]),
         Some("im") => im::main(&argv[1..]),
         Some("fanout") => fanout::main(&argv[1..]),
+        Some("soak") => soak::main(&argv[1..]),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             0

@@ -2162,7 +2162,7 @@ fn a_burst_past_the_bucket_is_refused_then_closed_1008() {
 }
 
 #[test]
-fn the_bucket_refills_over_time_and_a_pass_resets_the_strikes() {
+fn the_bucket_refills_over_time_and_a_pass_takes_a_strike_off() {
     let mut h = Harness::new(rate_limited());
     h.connect(1, "alice");
     for _ in 0..5 {
@@ -2176,18 +2176,49 @@ fn the_bucket_refills_over_time_and_a_pass_resets_the_strikes() {
     assert_eq!(h.req(1, json!({"type": "ping"})).types(1), vec!["error"]);
     h.set_time(T0 + 100);
     assert_eq!(h.req(1, json!({"type": "ping"})).types(1), vec!["pong"]);
-    // The pass reset the strikes: three refusals are answered again before a close.
-    for _ in 0..3 {
-        let out = h.req(1, json!({"type": "ping"}));
-        assert_eq!(out.types(1), vec!["error"]);
-        assert!(out.closes().is_empty());
+    // Three strikes, less one for the pass: one more refusal is answered, the next closes.
+    let out = h.req(1, json!({"type": "ping"}));
+    assert_eq!(out.types(1), vec!["error"]);
+    assert!(out.closes().is_empty());
+    assert_eq!(
+        h.req(1, json!({"type": "ping"})).closes(),
+        vec![(1, POLICY)]
+    );
+    // A patient client: the bucket is full again a second later, but no fuller than the
+    // burst.
+    h.connect(2, "bob");
+    for _ in 0..6 {
+        h.req(2, json!({"type": "ping"}));
     }
-    // A second later the bucket is full again, but no fuller than the burst.
     h.set_time(T0 + 2_000);
     for _ in 0..5 {
-        assert_eq!(h.req(1, json!({"type": "ping"})).types(1), vec!["pong"]);
+        assert_eq!(h.req(2, json!({"type": "ping"})).types(2), vec!["pong"]);
     }
-    assert_eq!(h.req(1, json!({"type": "ping"})).types(1), vec!["error"]);
+    assert_eq!(h.req(2, json!({"type": "ping"})).types(2), vec!["error"]);
+}
+
+#[test]
+fn a_flood_at_several_times_the_rate_is_closed_though_some_requests_pass() {
+    // Four requests for every one the rate allows: one passes each time the bucket has a
+    // request again, and the rest are refused. The refusals outrun the passes.
+    let mut h = Harness::new(rate_limited());
+    h.connect(1, "alice");
+    for _ in 0..5 {
+        h.req(1, json!({"type": "ping"}));
+    }
+    let mut closed = false;
+    for step in 1..=20u64 {
+        h.set_time(T0 + step * 100);
+        for _ in 0..4 {
+            if !h.req(1, json!({"type": "ping"})).closes().is_empty() {
+                closed = true;
+            }
+        }
+        if closed {
+            break;
+        }
+    }
+    assert!(closed, "a flood four times over its rate is never closed");
 }
 
 #[test]
@@ -2205,7 +2236,11 @@ fn acks_count_a_tenth_against_the_rate() {
     }
     let out = h.req(1, json!({"type": "ack", "seq": 0, "rid": 10}));
     assert_error(out.one(1, "error"), "rate_limited", None, Some(json!(10)));
-    // Refused acks are strikes like any other request.
+    // Refused acks are strikes like any other request; one that passes does not end the
+    // run of refusals, or a flood of pings with an ack slipped in would never be closed.
+    h.set_time(T0 + 10);
+    let out = h.req(1, json!({"type": "ack", "seq": 0, "rid": 100}));
+    assert_eq!(out.frames(1), vec![&json!({"type": "ok", "rid": 100})]);
     for rid in 11..13 {
         let out = h.req(1, json!({"type": "ack", "seq": 0, "rid": rid}));
         assert!(out.closes().is_empty());
