@@ -1041,7 +1041,11 @@ impl Hub {
                 };
                 match result {
                     Ok(sent) => self.committed(conn, rid, sent, now, out),
-                    Err(e) => failed(out, conn, rid.as_deref(), Some(&cid), &e),
+                    Err(e) => {
+                        let mut gone = Vec::new();
+                        let answer = self.answer_to(conn, out, &mut gone);
+                        failed(answer, conn, rid.as_deref(), Some(&cid), &e);
+                    }
                 }
                 self.write_done(conn, now, out);
             }
@@ -1054,10 +1058,15 @@ impl Hub {
                 };
                 match (result, write) {
                     (Ok(recall), Write::Recall { mid }) => {
-                        ok(out, conn, rid.as_deref());
+                        let mut gone = Vec::new();
+                        ok(self.answer_to(conn, out, &mut gone), conn, rid.as_deref());
                         self.deliver(None, &recall, Some(mid), now, out);
                     }
-                    (Err(e), _) => failed(out, conn, rid.as_deref(), None, &e),
+                    (Err(e), _) => {
+                        let mut gone = Vec::new();
+                        let answer = self.answer_to(conn, out, &mut gone);
+                        failed(answer, conn, rid.as_deref(), None, &e);
+                    }
                     (Ok(_), _) => {}
                 }
                 self.write_done(conn, now, out);
@@ -1071,10 +1080,15 @@ impl Hub {
                 };
                 match result {
                     Ok(moved) => {
-                        ok(out, conn, rid.as_deref());
+                        let mut gone = Vec::new();
+                        ok(self.answer_to(conn, out, &mut gone), conn, rid.as_deref());
                         self.read_moved(conn, &user, &moved, out);
                     }
-                    Err(e) => failed(out, conn, rid.as_deref(), None, &e),
+                    Err(e) => {
+                        let mut gone = Vec::new();
+                        let answer = self.answer_to(conn, out, &mut gone);
+                        failed(answer, conn, rid.as_deref(), None, &e);
+                    }
                 }
                 self.write_done(conn, now, out);
             }
@@ -1087,6 +1101,8 @@ impl Hub {
                 };
                 match result {
                     Ok(change) => {
+                        let mut gone = Vec::new();
+                        let answer = self.answer_to(conn, out, &mut gone);
                         if matches!(write, Write::Group { answer: true }) {
                             let group = Reply::Group {
                                 rid: rid.as_deref(),
@@ -1095,15 +1111,19 @@ impl Hub {
                                 owner: change.owner.as_deref(),
                                 members: &change.members,
                             };
-                            reply(out, conn, &group);
+                            reply(answer, conn, &group);
                         } else {
-                            ok(out, conn, rid.as_deref());
+                            ok(answer, conn, rid.as_deref());
                         }
                         if let Some(event) = &change.event {
                             self.deliver(None, event, None, now, out);
                         }
                     }
-                    Err(e) => failed(out, conn, rid.as_deref(), None, &e),
+                    Err(e) => {
+                        let mut gone = Vec::new();
+                        let answer = self.answer_to(conn, out, &mut gone);
+                        failed(answer, conn, rid.as_deref(), None, &e);
+                    }
                 }
                 self.write_done(conn, now, out);
             }
@@ -1148,6 +1168,22 @@ impl Hub {
                 };
                 self.page(conn, read, result, now, out);
             }
+        }
+    }
+
+    /// Where the reply to `conn`'s request goes: `out`, or `gone` (dropped) once the
+    /// connection has disconnected, since nothing is sent after that. What follows a
+    /// commit (deliveries, receipts) goes to `out` either way.
+    fn answer_to<'a>(
+        &self,
+        conn: ConnKey,
+        out: &'a mut Vec<Action>,
+        gone: &'a mut Vec<Action>,
+    ) -> &'a mut Vec<Action> {
+        if self.sessions.contains_key(&conn) {
+            out
+        } else {
+            gone
         }
     }
 
@@ -1517,9 +1553,17 @@ impl Hub {
             }
             Read::Repush => {
                 for entry in &page.entries {
-                    if entry.seq > session.acked && entry.seq <= session.delivered {
-                        push_entry(out, conn, &user, entry, Traffic::Repush);
+                    if entry.seq <= session.acked || entry.seq > session.delivered {
+                        continue;
                     }
+                    // The sender's own entries that its `sent` stood in for are in the
+                    // window with no bytes and need no ack: pushing them again would put
+                    // out what the window never counted.
+                    let slot = (entry.seq - session.acked - 1) as usize;
+                    if session.unacked.get(slot).is_some_and(|e| e.at.is_none()) {
+                        continue;
+                    }
+                    push_entry(out, conn, &user, entry, Traffic::Repush);
                 }
             }
         }

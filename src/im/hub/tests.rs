@@ -3073,3 +3073,102 @@ fn group_info_counts_against_the_rate_and_is_refused_while_stopping() {
     assert_error(out.one(1, "error"), "unavailable", None, Some(json!(1)));
     assert!(h.queue.is_empty());
 }
+
+// ---------------------------------------------------------------------------------------
+// Found by fuzz/fuzz_targets/im_hub.rs
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_write_answered_after_its_connection_went_sends_it_nothing() {
+    // The answers of writes come back after the connection that asked has gone; the hub
+    // promises that nothing is sent to a connection after `disconnect` (`committed` checks
+    // for the session, the other answers did not).
+    let mut h = Harness::new(HubConfig::default());
+    h.connect(1, "ann");
+    h.req(
+        1,
+        json!({"type": "group_add", "gid": "7", "members": ["bob"], "rid": 1}),
+    );
+    h.req(
+        1,
+        json!({"type": "send", "cid": "c", "to": "user:bob", "body": "x", "rid": 2}),
+    );
+    h.req(1, json!({"type": "recall", "mid": 1, "rid": 3}));
+    h.req(
+        1,
+        json!({"type": "read", "conv": "dm:ann:bob", "mid": 1, "rid": 4}),
+    );
+    assert_eq!(h.queue.len(), 4, "writes overlap: {:?}", h.queue);
+    h.disconnect(1);
+    let group = h.take();
+    let send = h.take();
+    let recall = h.take();
+    let read = h.take();
+    let moved = crate::store::ReadMoved {
+        conv: "dm:ann:bob".into(),
+        mid: 1,
+        moved: true,
+        peer: Some("bob".into()),
+    };
+    let completions = [
+        Completion::Group {
+            tag: group.tag(),
+            result: Err(StoreError::NotFound("no such group")),
+        },
+        failed(&send),
+        Completion::Recalled {
+            tag: recall.tag(),
+            result: Err(StoreError::Forbidden("only the sender may recall")),
+        },
+        Completion::Read {
+            tag: read.tag(),
+            result: Ok(moved),
+        },
+    ];
+    for completion in completions {
+        let what = format!("{completion:?}");
+        let out = h.deliver(completion);
+        assert!(
+            out.frames(1).is_empty(),
+            "sent to the gone connection 1 for {what}: {out:#?}"
+        );
+    }
+}
+
+#[test]
+fn a_repush_stays_within_window_bytes_however_much_its_connection_sent() {
+    // The sender's own entries that its `sent` stood in for are kept in the window with no
+    // bytes, and a re-push sent every entry of (acked, delivered]: one unacked push brought
+    // back all of them, past `window_bytes` (a sync page and a catch-up stop there).
+    let config = HubConfig {
+        window_bytes: 2_000,
+        ..fast_acks()
+    };
+    let mut h = Harness::new(config.clone());
+    h.connect(1, "ann");
+    h.connect(2, "bob");
+    // Pushed to ann's connection, which does not ack it.
+    h.commit(2, "ann", "from-bob");
+    // ann's own messages from that connection: each `sent` stands in for its entry's push.
+    for i in 0..100 {
+        h.commit(1, "bob", &format!("c{i}"));
+    }
+    let log = h.drive_until(T0 + 300);
+    let sizes: Vec<u64> = log
+        .iter()
+        .flat_map(|(_, out)| out.typed(1, "msg"))
+        .map(|msg| msg.to_string().len() as u64)
+        .collect();
+    assert!(
+        !sizes.is_empty(),
+        "the unacked push is pushed again: {log:#?}"
+    );
+    let bytes: u64 = sizes.iter().sum();
+    let largest = sizes.iter().copied().max().unwrap_or(0);
+    assert!(
+        bytes <= config.window_bytes + largest,
+        "a re-push of {} msgs, {bytes} bytes, to a window of {} bytes",
+        sizes.len(),
+        config.window_bytes
+    );
+}
