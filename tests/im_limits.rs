@@ -255,42 +255,6 @@ fn a_connection_is_read_no_faster_than_its_byte_budget() {
     let _ = flood.join();
 }
 
-/// A socket to `addr` with a tiny receive buffer and maximum segment, set before the
-/// connect: the server's kernel then takes only a little of each write.
-fn cramped_socket(addr: std::net::SocketAddr) -> std::net::TcpStream {
-    use std::os::fd::FromRawFd;
-    let std::net::SocketAddr::V4(v4) = addr else {
-        panic!("IPv4 only: {addr}")
-    };
-    // SAFETY: plain socket calls on a descriptor created here and then owned by the
-    // TcpStream; the pointers are to live locals.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket");
-        for (level, name, value) in [
-            (libc::SOL_SOCKET, libc::SO_RCVBUF, 4096),
-            (libc::IPPROTO_TCP, libc::TCP_MAXSEG, 536),
-        ] {
-            let value: libc::c_int = value;
-            let size = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-            let rc = libc::setsockopt(fd, level, name, (&value as *const libc::c_int).cast(), size);
-            assert_eq!(rc, 0, "setsockopt");
-        }
-        let sin = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: v4.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(*v4.ip()).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
-        let size = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        let rc = libc::connect(fd, (&sin as *const libc::sockaddr_in).cast(), size);
-        assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
-        std::net::TcpStream::from_raw_fd(fd)
-    }
-}
-
 #[test]
 fn a_connection_shed_in_its_first_read_still_gets_a_well_formed_stream() {
     // Requests pipelined behind the upgrade are answered in the same buffer as the `101`.
@@ -326,7 +290,14 @@ fn a_connection_shed_in_its_first_read_still_gets_a_well_formed_stream() {
     }
     let history = json!({"type": "history", "conv": "dm:alice:alice", "limit": 100});
     input.extend(raw_frame(true, 0x1, history.to_string().as_bytes(), true));
-    let mut stream = cramped_socket(server.addr);
+    // A tiny receive buffer and segment: the server's kernel takes little of each write.
+    let mut stream = connect_with_options(
+        server.addr,
+        &[
+            (libc::SOL_SOCKET, libc::SO_RCVBUF, 4096),
+            (libc::IPPROTO_TCP, libc::TCP_MAXSEG, 536),
+        ],
+    );
     // All of it in the server's first read: it is paused while the bytes arrive.
     server.send_signal(libc::SIGSTOP);
     stream.write_all(&input).unwrap();

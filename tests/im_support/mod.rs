@@ -461,6 +461,18 @@ pub fn ws_open_on(
 /// client on a real network looks like to the server, where loopback's huge autotuned
 /// buffers would otherwise swallow any burst.
 pub fn connect_with_rcvbuf(addr: SocketAddr, rcvbuf: usize) -> TcpStream {
+    connect_with_options(
+        addr,
+        &[(libc::SOL_SOCKET, libc::SO_RCVBUF, rcvbuf as libc::c_int)],
+    )
+}
+
+/// A TCP connection to `addr` (IPv4) with socket options `(level, name, value)` set before
+/// the connect, when they shape the connection (buffer sizes, the maximum segment).
+pub fn connect_with_options(
+    addr: SocketAddr,
+    options: &[(libc::c_int, libc::c_int, libc::c_int)],
+) -> TcpStream {
     use std::os::fd::FromRawFd;
     let SocketAddr::V4(v4) = addr else {
         panic!("IPv4 only: {addr}")
@@ -470,15 +482,16 @@ pub fn connect_with_rcvbuf(addr: SocketAddr, rcvbuf: usize) -> TcpStream {
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
         assert!(fd >= 0, "socket");
-        let size = rcvbuf as libc::c_int;
-        let rc = libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-        assert_eq!(rc, 0, "SO_RCVBUF");
+        for &(level, name, value) in options {
+            let rc = libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+            assert_eq!(rc, 0, "setsockopt {level}/{name}");
+        }
         let sin = libc::sockaddr_in {
             sin_family: libc::AF_INET as libc::sa_family_t,
             sin_port: v4.port().to_be(),
