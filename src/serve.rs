@@ -106,10 +106,10 @@ impl Server {
         let wake_store = waker.clone();
         let notify: store::Notify = std::sync::Arc::new(move || wake_store.wake());
         let ws_max_message = crate::im::protocol::max_request_len(config.hub.max_body);
-        let (store, completions, initial) = store::open(&config.store, notify)
+        let (store, completions) = store::open(&config.store, notify)
             .map_err(|e| format!("opening the store in {}: {e}", config.store.dir.display()))?;
         Ok(Server {
-            hub: Hub::new(config.hub, initial.heads, now),
+            hub: Hub::new(config.hub, now),
             store: Some(store),
             completions,
             secret: config.secret,

@@ -1125,7 +1125,6 @@ impl World {
     fn new(bits: u16, seeds: [u8; 3]) -> World {
         let config = config(bits);
         let mut store = Store::default();
-        let mut heads = Vec::new();
         for (user, &n) in USERS.iter().zip(&seeds) {
             for i in 0..n % 4 {
                 let cid = format!("old-{user}-{i}");
@@ -1143,10 +1142,9 @@ impl World {
                     &[(*user).to_owned()],
                 );
             }
-            heads.push(((*user).to_owned(), store.head(user)));
         }
         World {
-            hub: Hub::new(config.clone(), heads, T0),
+            hub: Hub::new(config.clone(), T0),
             config,
             store,
             now: Now {

@@ -150,11 +150,16 @@ pub struct Now {
     pub wall: u64,
 }
 
+/// A user the hub holds connections for (or is greeting). Nobody else is kept: a user who
+/// never connects costs the hub nothing, whatever others send them.
 #[derive(Default)]
 struct User {
-    /// Latest inbox seq committed (as told by the store's completions, in commit order).
+    /// Latest inbox seq committed (as told by the store's completions, in commit order, and
+    /// by the head read that greets a connection).
     head: u64,
     conns: Vec<ConnKey>,
+    /// Connections of this user waiting for their head read before their `welcome`.
+    greeting: u32,
 }
 
 /// Why a read of a user's inbox was asked for.
@@ -169,6 +174,9 @@ enum Read {
     CatchUp,
     /// Push the unacked entries again.
     Repush,
+    /// The user's head, for the `welcome` of a connection whose user had none open: the
+    /// hub keeps heads only for users it holds connections for.
+    Greeting,
 }
 
 /// One entry pushed to a connection and not acked yet.
@@ -220,6 +228,8 @@ struct Session {
     paused: bool,
     /// Closing (4008, 1008, 1011): nothing more is pushed.
     closing: bool,
+    /// Not welcomed yet: its head is being read. Its requests wait; nothing is pushed.
+    greeting: bool,
     /// An answer read from the store was queued and the owner has not yet said the output
     /// drained ([`Action::AwaitOutput`]): no read starts meanwhile.
     output_blocked: bool,
@@ -313,6 +323,7 @@ impl Session {
             repush_wanted: false,
             paused: false,
             closing: false,
+            greeting: false,
             output_blocked: false,
             bucket: TokenBucket::full(config, now),
             strikes: 0,
@@ -333,6 +344,9 @@ impl Session {
     /// Writes are answered in the order they reach the one writer, so they may overlap;
     /// reads run on any reader thread, so a read goes alone.
     fn may_start(&self, request: &Request) -> bool {
+        if self.greeting {
+            return false;
+        }
         match request {
             Request::Sync { .. } => self.queries_in_flight == 0,
             // `group_info` too: its answer names up to a thousand members (~66 KB), so it
@@ -437,18 +451,10 @@ impl TokenBucket {
 }
 
 impl Hub {
-    /// A hub that knows every user's latest inbox seq (from the store, at startup).
-    pub fn new(config: HubConfig, heads: impl IntoIterator<Item = (String, u64)>, now: u64) -> Hub {
-        let users = heads
-            .into_iter()
-            .map(|(name, head)| {
-                let user = User {
-                    head,
-                    conns: Vec::new(),
-                };
-                (Rc::from(name), user)
-            })
-            .collect();
+    /// A hub with no connections yet. Users' heads are read from the store as their
+    /// connections arrive.
+    pub fn new(config: HubConfig, now: u64) -> Hub {
+        let users = HashMap::new();
         Hub {
             config,
             users,
@@ -499,32 +505,63 @@ impl Hub {
         self.users.get(user).map_or(0, |u| u.conns.len())
     }
 
-    /// An authenticated connection of `user` is open: greet it.
+    /// An authenticated connection of `user` is open: greet it, at once when the user has
+    /// another connection (the hub knows the head), else once their head is read.
     pub fn connect(&mut self, conn: ConnKey, user: &str, now: Now, out: &mut Vec<Action>) {
-        let name = match self.users.get_key_value(user) {
-            Some((name, _)) => name.clone(),
+        let (name, known) = match self.users.get_key_value(user) {
+            Some((name, entry)) => (name.clone(), !entry.conns.is_empty()),
             None => {
                 let name: Rc<str> = Rc::from(user);
                 self.users.insert(name.clone(), User::default());
-                name
+                (name, false)
             }
         };
+        let mut session = Session::new(name, 0, &self.config, now.mono);
+        session.greeting = true;
+        self.sessions.insert(conn, session);
         let entry = self.users.get_mut(user).expect("just ensured");
-        entry.conns.push(conn);
+        entry.greeting += 1;
+        if known {
+            let head = entry.head;
+            self.greeted(conn, head, now, out);
+        } else {
+            self.pump(conn, out);
+        }
+    }
+
+    /// `conn`'s user's head is known: welcome it. Everything committed for the user up to
+    /// `head` is covered by the welcome's `inbox_seq`; anything after reaches the
+    /// connection as for any other.
+    fn greeted(&mut self, conn: ConnKey, head: u64, now: Now, out: &mut Vec<Action>) {
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        let entry = self
+            .users
+            .get_mut(&*session.user)
+            .expect("a greeting keeps its user");
+        entry.greeting -= 1;
+        // Commits the hub heard of while the read ran may be past what it saw.
+        entry.head = entry.head.max(head);
         let head = entry.head;
+        entry.conns.push(conn);
         let first = entry.conns.len() == 1;
-        self.sessions
-            .insert(conn, Session::new(name, head, &self.config, now.mono));
+        session.greeting = false;
+        session.delivered = head;
+        session.acked = head;
+        let user = session.user.clone();
         let welcome = Reply::Welcome {
-            user,
+            user: &user,
             conn,
             heartbeat_ms: self.config.heartbeat_ms,
             inbox_seq: head,
         };
         reply(out, conn, &welcome);
         if first {
-            self.presence_changed(user, true, out);
+            self.presence_changed(&user, true, out);
         }
+        self.start_waiting(conn, now, out);
+        self.pump(conn, out);
     }
 
     /// Tells everyone watching `user` that they came online or went offline.
@@ -599,11 +636,21 @@ impl Hub {
             self.timers.cancel(timer);
         }
         self.unwatch(conn, &session.watching);
-        if let Some(user) = self.users.get_mut(&*session.user) {
+        let Some(user) = self.users.get_mut(&*session.user) else {
+            return;
+        };
+        let was_online = !user.conns.is_empty();
+        if session.greeting {
+            user.greeting -= 1;
+        } else {
             user.conns.retain(|&c| c != conn);
-            if user.conns.is_empty() {
-                self.presence_changed(&session.user, false, out);
-            }
+        }
+        let online = !user.conns.is_empty();
+        if !online && user.greeting == 0 {
+            self.users.remove(&*session.user);
+        }
+        if was_online && !online {
+            self.presence_changed(&session.user, false, out);
         }
         // Its pending store jobs still complete; their answers find no session and go.
     }
@@ -667,7 +714,12 @@ impl Hub {
                 STOPPING,
             );
         }
-        if needs_store(&request) && (!session.waiting.is_empty() || !session.may_start(&request)) {
+        // Until its welcome, a connection's requests wait (pipelined behind the upgrade,
+        // they are answered after it, in order).
+        if session.greeting
+            || needs_store(&request)
+                && (!session.waiting.is_empty() || !session.may_start(&request))
+        {
             if session.waiting.len() < MAX_HELD {
                 session.waiting.push_back((request, rid));
             } else {
@@ -1006,7 +1058,7 @@ impl Hub {
                         self.sync_ended(conn, now, out);
                     }
                     // Retried on a timer, not at once: the queue that refused it is full.
-                    Read::Repush | Read::CatchUp => {
+                    Read::Repush | Read::CatchUp | Read::Greeting => {
                         session.repush_wanted |= matches!(read, Read::Repush);
                         session.read_retry_at = Some(now.mono + STORE_RETRY_MS);
                         self.arm(conn);
@@ -1323,14 +1375,8 @@ impl Hub {
                     }
                     std::mem::take(&mut entry.conns)
                 }
-                None => {
-                    let entry = User {
-                        head: *seq,
-                        conns: Vec::new(),
-                    };
-                    self.users.insert(Rc::from(user.as_str()), entry);
-                    continue;
-                }
+                // Nobody connected: their head is read when they connect.
+                None => continue,
             };
             let frame = if own {
                 own_frame.get_or_insert_with(|| MsgFrame::new(&message(Some(sent.cid.as_str()))))
@@ -1417,6 +1463,9 @@ impl Hub {
         if session.read_retry_at.is_some() {
             return;
         }
+        if session.greeting {
+            return self.start_read(conn, Read::Greeting, out);
+        }
         if std::mem::take(&mut session.repush_wanted) && session.in_window() > 0 {
             return self.start_read(conn, Read::Repush, out);
         }
@@ -1444,6 +1493,8 @@ impl Hub {
                 )
             }
             Read::Repush => (session.acked, session.in_window()),
+            // Past any seq: no entries, only the head.
+            Read::Greeting => (u64::MAX, 1),
         };
         session.reading = true;
         let user = session.user.to_string();
@@ -1491,8 +1542,12 @@ impl Hub {
                 return;
             }
         };
+        if let Read::Greeting = read {
+            return self.greeted(conn, page.head, now, out);
+        }
         let user = session.user.clone();
         match read {
+            Read::Greeting => unreachable!("answered above"),
             Read::Sync { rid, after, .. } => {
                 // At most `window_bytes` of JSON per page (and at least one entry), so a
                 // page of large messages cannot swamp the connection's queue. The reader

@@ -101,7 +101,6 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -536,12 +535,6 @@ pub struct Page {
     pub head: u64,
 }
 
-/// What the hub needs before the first connection: every user's latest inbox seq.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Initial {
-    pub heads: HashMap<String, u64>,
-}
-
 /// The handle the reactor keeps. Dropping it is a graceful shutdown too.
 pub struct Store {
     writer: Option<Sender<Job>>,
@@ -557,11 +550,11 @@ pub struct Store {
 }
 
 /// Opens (creating and migrating as needed) the store in `config.dir` and starts its
-/// threads. Returns the handle, the completion channel and every user's inbox head.
+/// threads. Returns the handle and the completion channel.
 pub fn open(
     config: &StoreConfig,
     notify: Notify,
-) -> Result<(Store, Receiver<Completion>, Initial), StoreError> {
+) -> Result<(Store, Receiver<Completion>), StoreError> {
     open_gated(config, notify, None)
 }
 
@@ -571,15 +564,12 @@ fn open_gated(
     config: &StoreConfig,
     notify: Notify,
     gate: Option<Receiver<()>>,
-) -> Result<(Store, Receiver<Completion>, Initial), StoreError> {
+) -> Result<(Store, Receiver<Completion>), StoreError> {
     std::fs::create_dir_all(&config.dir).map_err(io)?;
     let lock = schema::lock(&config.dir)?;
     let path = config.dir.join(DB_FILE);
     let conn = schema::open_writer(&path, config.synchronous)?;
     let rows = schema::load_users(&conn).map_err(sql)?;
-    let initial = Initial {
-        heads: rows.iter().map(|r| (r.name.clone(), r.head)).collect(),
-    };
     // Open every connection before starting any thread, so a failure here needs no cleanup.
     let checkpointer = schema::open_checkpointer(&path).map_err(sql)?;
     let readers = (0..config.readers.max(1))
@@ -672,7 +662,7 @@ fn open_gated(
         drop(store);
         return Err(io(e));
     }
-    Ok((store, done_rx, initial))
+    Ok((store, done_rx))
 }
 
 impl Store {

@@ -1,5 +1,6 @@
 //! Store tests against real SQLite files in throwaway folders.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -48,14 +49,28 @@ fn noop() -> Notify {
     Arc::new(|| {})
 }
 
+/// Every user's inbox head as stored, read beside the store with a side connection.
+struct Initial {
+    heads: HashMap<String, u64>,
+}
+
 fn open_ok(config: &StoreConfig) -> (Store, Receiver<Completion>, Initial) {
-    open(config, noop()).expect("open")
+    let (store, done) = open(config, noop()).expect("open");
+    let side = Connection::open(config.dir.join(DB_FILE)).expect("side connection");
+    let heads = side
+        .prepare("SELECT name, head FROM users")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)))?
+                .collect()
+        })
+        .expect("users");
+    (store, done, Initial { heads })
 }
 
 /// Opens with the test gate: the writer takes one `()` per batch before draining the queue.
 fn open_held(config: &StoreConfig) -> (Store, Receiver<Completion>, Sender<()>) {
     let (gate_tx, gate_rx) = unbounded();
-    let (store, done, _) = open_gated(config, noop(), Some(gate_rx)).expect("open");
+    let (store, done) = open_gated(config, noop(), Some(gate_rx)).expect("open");
     (store, done, gate_tx)
 }
 
@@ -670,7 +685,7 @@ fn notify_is_called_after_completions_are_pushed() {
     let dir = TempDir::new("notify");
     let calls = Arc::new(AtomicUsize::new(0));
     let seen = calls.clone();
-    let (store, done, _) = open(
+    let (store, done) = open(
         &config(&dir),
         Arc::new(move || {
             seen.fetch_add(1, Ordering::SeqCst);

@@ -319,12 +319,8 @@ impl Harness {
         for &(user, n) in seeds {
             store.seed(user, n);
         }
-        let heads: Vec<(String, u64)> = seeds
-            .iter()
-            .map(|&(user, _)| (user.to_owned(), store.head(user)))
-            .collect();
         Harness {
-            hub: Hub::new(config, heads, T0),
+            hub: Hub::new(config, T0),
             store,
             now: Now {
                 mono: T0,
@@ -374,8 +370,20 @@ impl Harness {
         self.collect(actions)
     }
 
+    /// A connection opens. When its user had none open, the hub reads the user's head
+    /// before the `welcome`; the store here answers that read at once.
     fn connect(&mut self, conn: ConnKey, user: &str) -> Out {
-        self.call(|hub, now, out| hub.connect(conn, user, now, out))
+        let mut out = self.call(|hub, now, out| hub.connect(conn, user, now, out));
+        let greeting =
+            |job: &Job| matches!(job, Job::Page { user: u, after: u64::MAX, .. } if u == user);
+        if let Some(at) = self.queue.iter().position(greeting) {
+            let job = self.queue.remove(at).expect("in range");
+            out.0
+                .retain(|ev| !matches!(ev, Ev::Store(job) if greeting(job)));
+            let completion = self.run(&job);
+            out.extend(self.deliver(completion));
+        }
+        out
     }
 
     /// The output of `conn`, held since its `AwaitOutput`, drained.
@@ -1100,7 +1108,6 @@ impl Sim {
         let mut store = FakeStore::default();
         store.seed("alice", 2);
         store.seed("bob", 1);
-        let heads = vec![("alice".to_owned(), 2), ("bob".to_owned(), 1)];
         let devices = ["alice", "alice", "bob", "bob", "bob"]
             .into_iter()
             .map(|user| Device {
@@ -1118,7 +1125,7 @@ impl Sim {
         let mut sim = Sim {
             rng: Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
             options,
-            hub: Hub::new(config, heads, T0),
+            hub: Hub::new(config, T0),
             store,
             now: Now {
                 mono: T0,
@@ -3171,4 +3178,79 @@ fn a_repush_stays_within_window_bytes_however_much_its_connection_sent() {
         sizes.len(),
         config.window_bytes
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Greeting: the hub keeps only the users it holds connections for
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_first_connection_is_welcomed_after_its_head_is_read_and_its_requests_wait_for_it() {
+    let mut h = Harness::seeded(HubConfig::default(), &[("bob", 3)]);
+    let out = h.call(|hub, now, out| hub.connect(1, "bob", now, out));
+    assert!(
+        out.frames(1).is_empty(),
+        "no welcome before the head: {out:#?}"
+    );
+    let read = h.take();
+    assert!(
+        matches!(
+            read,
+            Job::Page {
+                after: u64::MAX,
+                ..
+            }
+        ),
+        "{read:?}"
+    );
+    // Pipelined behind the upgrade: answered after the welcome, in order.
+    let out = h.req(1, json!({"type": "ping", "rid": 1}));
+    assert!(out.is_empty(), "{out:#?}");
+    h.req(1, json!({"type": "sync", "after": 0, "rid": 2}));
+    let completion = h.run(&read);
+    let out = h.deliver(completion);
+    assert_eq!(out.types(1), ["welcome", "pong"]);
+    assert_eq!(out.one(1, "welcome")["inbox_seq"], 3);
+    assert!(matches!(h.queue.front(), Some(Job::Page { after: 0, .. })));
+    // A second connection of a user already online is welcomed at once.
+    let out = h.call(|hub, now, out| hub.connect(2, "bob", now, out));
+    assert_eq!(out.one(2, "welcome")["inbox_seq"], 3);
+}
+
+#[test]
+fn a_commit_while_the_head_is_read_is_covered_by_the_welcome() {
+    let mut h = Harness::new(HubConfig::default());
+    h.connect(1, "ann");
+    h.call(|hub, now, out| hub.connect(2, "bob", now, out));
+    let read = h.take();
+    // The head read's snapshot misses a commit the hub hears of before its answer.
+    let snapshot = h.run(&read);
+    h.commit(1, "bob", "c1");
+    let out = h.deliver(snapshot);
+    assert_eq!(out.one(2, "welcome")["inbox_seq"], 1, "{out:#?}");
+    // From there on, pushes continue in order.
+    let out = h.commit(1, "bob", "c2");
+    assert_eq!(out.msg_seqs(2), [2]);
+}
+
+#[test]
+fn users_nobody_holds_a_connection_for_cost_the_hub_nothing() {
+    let mut h = Harness::new(HubConfig::default());
+    h.connect(1, "ann");
+    for i in 0..50 {
+        h.commit(1, &format!("stranger{i}"), &format!("c{i}"));
+    }
+    assert_eq!(h.hub.users.len(), 1, "only ann is kept");
+    h.connect(2, "stranger7");
+    assert_eq!(h.hub.users.len(), 2);
+    h.disconnect(2);
+    h.disconnect(1);
+    assert!(h.hub.users.is_empty(), "nobody is connected");
+    // A greeting that ends before its answer leaves nothing either.
+    h.call(|hub, now, out| hub.connect(3, "late", now, out));
+    h.disconnect(3);
+    let read = h.take();
+    let completion = h.run(&read);
+    assert!(h.deliver(completion).is_empty());
+    assert!(h.hub.users.is_empty());
 }
