@@ -127,7 +127,7 @@ impl KnownDms {
 /// `Job::MarkRead`: moves `user`'s cursor in `conv` forward to `mid`.
 pub(crate) fn mark_read(
     conn: &Connection,
-    users: &Users,
+    users: &mut Users,
     groups: &mut Groups,
     user: &str,
     conv: &str,

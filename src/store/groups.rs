@@ -31,6 +31,7 @@ use super::budget::Budgets;
 use super::conv::group_conv;
 use super::error::StoreError;
 use super::events::{self, Notice};
+use super::schema::get_u64;
 use super::writer::{duplicate, insert_message, stored_ts, Fail, Users};
 use super::{GroupChange, Outcome, Sent};
 
@@ -78,7 +79,7 @@ impl Groups {
     pub(crate) fn get(
         &mut self,
         conn: &Connection,
-        users: &Users,
+        users: &mut Users,
         gid: u64,
     ) -> Result<Option<&mut Group>, Fail> {
         if !self.map.contains_key(&gid) {
@@ -108,36 +109,45 @@ impl Groups {
     }
 }
 
-fn load(conn: &Connection, users: &Users, gid: u64) -> Result<Option<Group>, Fail> {
+fn load(conn: &Connection, users: &mut Users, gid: u64) -> Result<Option<Group>, Fail> {
     let Ok(gid) = i64::try_from(gid) else {
         return Ok(None);
     };
-    let found: Option<(String, Option<String>)> = conn
-        .prepare_cached(
-            "SELECT g.name, u.name FROM groups AS g LEFT JOIN users AS u ON u.uid = g.owner
-             WHERE g.gid = ?1",
-        )?
+    let found: Option<(String, Option<i64>)> = conn
+        .prepare_cached("SELECT name, owner FROM groups WHERE gid = ?1")?
         .query_row([gid], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()?;
-    let Some((name, owner)) = found else {
+    let Some((name, owner_uid)) = found else {
         return Ok(None);
     };
-    // Every stored member is a stored user, and every stored user is in `users`.
-    let index = |name: &str| {
-        users.find(name).ok_or_else(|| {
-            Fail::Rejected(StoreError::Internal(format!(
-                "group {gid} names {name:?}, who is not a user"
-            )))
-        })
-    };
-    let owner = owner.as_deref().map(index).transpose()?;
+    // Members come with their uid and head, so users not in memory join it here without a
+    // query each.
     let mut stmt = conn.prepare_cached(
-        "SELECT u.name FROM members AS m CROSS JOIN users AS u ON u.uid = m.uid
+        "SELECT u.uid, u.name, u.head FROM members AS m CROSS JOIN users AS u ON u.uid = m.uid
          WHERE m.gid = ?1 ORDER BY m.joined, m.uid",
     )?;
+    let rows = stmt.query_map([gid], |row| {
+        Ok((
+            row.get::<_, i64>(0)?,
+            row.get::<_, String>(1)?,
+            get_u64(row, 2)?,
+        ))
+    })?;
     let mut members = Vec::new();
-    for name in stmt.query_map([gid], |row| row.get::<_, String>(0))? {
-        members.push(index(&name?)?);
+    let mut owner = None;
+    for row in rows {
+        let (uid, name, head) = row?;
+        let i = users.cached(uid, &name, head);
+        if Some(uid) == owner_uid {
+            owner = Some(i);
+        }
+        members.push(i);
+    }
+    // The owner is always a member; a group whose stored owner is not one is damaged.
+    if owner_uid.is_some() && owner.is_none() {
+        return Err(Fail::Rejected(StoreError::Internal(format!(
+            "group {gid}'s owner is not a member"
+        ))));
     }
     Ok(Some(Group {
         name,

@@ -569,7 +569,7 @@ fn open_gated(
     let lock = schema::lock(&config.dir)?;
     let path = config.dir.join(DB_FILE);
     let conn = schema::open_writer(&path, config.synchronous)?;
-    let rows = schema::load_users(&conn).map_err(sql)?;
+    let users = writer::Users::new(&conn).map_err(sql)?;
     // Open every connection before starting any thread, so a failure here needs no cleanup.
     let checkpointer = schema::open_checkpointer(&path).map_err(sql)?;
     let readers = (0..config.readers.max(1))
@@ -597,7 +597,7 @@ fn open_gated(
 
     let writer = writer::Writer {
         conn,
-        users: writer::Users::new(rows),
+        users,
         jobs: writer_rx,
         done: done_tx.clone(),
         notify: notify.clone(),

@@ -77,7 +77,7 @@ pub(crate) fn recall(
             match ConvId::dm_peer(a, b, user).map_err(|()| Fail::forbidden("not a participant"))? {
                 None => Vec::new(),
                 // The peer received the message, so is a user already: nothing is written.
-                Some(peer) => vec![users.find(peer).ok_or_else(|| {
+                Some(peer) => vec![users.load(conn, peer)?.ok_or_else(|| {
                     Fail::Rejected(StoreError::Internal(format!("{peer:?} is not a user")))
                 })?],
             }

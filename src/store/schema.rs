@@ -243,25 +243,6 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     }
 }
 
-/// One stored user, as loaded at open.
-pub(crate) struct UserRow {
-    pub uid: i64,
-    pub name: String,
-    pub head: u64,
-}
-
-pub(crate) fn load_users(conn: &Connection) -> rusqlite::Result<Vec<UserRow>> {
-    let mut stmt = conn.prepare("SELECT uid, name, head FROM users ORDER BY uid")?;
-    let rows = stmt.query_map([], |row| {
-        Ok(UserRow {
-            uid: row.get(0)?,
-            name: row.get(1)?,
-            head: get_u64(row, 2)?,
-        })
-    })?;
-    rows.collect()
-}
-
 /// Reads a column stored as a non-negative INTEGER. Seqs, mids, heads and timestamps are
 /// `u64` in Rust and `i64` in SQLite; a negative value can only come from a damaged or
 /// hand-edited file and is reported, not wrapped.

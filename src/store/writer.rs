@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::budget::{Budget, Budgets};
 use super::checkpoint;
@@ -35,7 +35,7 @@ use super::error::{sql, StoreError};
 use super::events;
 use super::groups::{self, Groups};
 use super::recall;
-use super::schema::UserRow;
+use super::schema::get_u64;
 use super::stats::Counters;
 use super::{complete, dm_conv, Completion, Job, Notify, Outcome};
 
@@ -221,6 +221,11 @@ impl Writer {
     ) {
         self.users.commit();
         memory.commit();
+        if self.users.shrink() {
+            // Both hold user indexes that are gone now.
+            memory.groups.rollback();
+            memory.dms = KnownDms::default();
+        }
         // Capacity 1: a nudge already waiting covers this commit too.
         let _ = self.checkpoint.try_send(());
         let ok = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
@@ -242,6 +247,41 @@ impl Writer {
     }
 }
 
+/// Brings into memory the users `job` names, so that the job's checks (does this user
+/// exist, is this one a member) are lookups. Reads only.
+fn preload(conn: &Connection, users: &mut Users, job: &Job) -> rusqlite::Result<()> {
+    let mut load = |name: &str| users.load(conn, name).map(drop);
+    match job {
+        Job::Send { sender, to, .. } => {
+            load(sender)?;
+            load(to)
+        }
+        Job::GroupSend { sender: user, .. }
+        | Job::Recall { user, .. }
+        | Job::GroupLeave { user, .. } => load(user),
+        Job::MarkRead { user, conv, .. } => {
+            load(user)?;
+            match conv::ConvId::parse(conv) {
+                Some(conv::ConvId::Dm(a, b)) => {
+                    load(a)?;
+                    load(b)
+                }
+                _ => Ok(()),
+            }
+        }
+        Job::GroupCreate {
+            owner: user,
+            members,
+            ..
+        }
+        | Job::GroupAdd { user, members, .. } => {
+            load(user)?;
+            members.iter().try_for_each(|m| load(m))
+        }
+        Job::Page { .. } | Job::Convs { .. } | Job::History { .. } | Job::Members { .. } => Ok(()),
+    }
+}
+
 /// One job inside the open transaction.
 ///
 /// Every job checks everything it can before its first write and refuses with
@@ -253,6 +293,7 @@ fn apply(
     memory: &mut Memory,
     job: &Job,
 ) -> Result<Outcome, Fail> {
+    preload(conn, users, job)?;
     match job {
         Job::Send {
             sender,
@@ -451,11 +492,15 @@ pub(super) fn duplicate(
         .ok_or_else(|| Fail::Rejected(StoreError::Internal("conflicting message not found".into())))
 }
 
-/// Every user's uid and inbox head, authoritative because the writer is the only writer
-/// (the folder lock enforces it). Seq assignment is a lookup and an increment.
+/// The uid and inbox head of the users the writer has touched lately, authoritative
+/// because the writer is the only writer (the folder lock enforces it). Seq assignment is
+/// a lookup and an increment. A user not in memory is read from the `users` table on first
+/// use ([`load`](Self::load)), and the whole set is dropped at a commit once it holds more
+/// than [`MAX_CACHED_USERS`]: memory follows the users in use, not every user ever named.
 ///
 /// Heads are written to `users.head` once per touched user at the end of a batch instead of
-/// once per entry: a batch where one user receives 500 messages writes that row once.
+/// once per entry: a batch where one user receives 500 messages writes that row once, and
+/// the table is exact at every commit, which is what makes dropping the set safe.
 /// Each user carries the head of the last commit beside the working one, so a rollback
 /// restores exactly the users the batch touched, without reloading anything.
 pub(crate) struct Users {
@@ -463,12 +508,16 @@ pub(crate) struct Users {
     users: Vec<User>,
     /// Indexes of the users whose head moved in the open transaction, each once.
     touched: Vec<u32>,
-    /// Users before this index are committed; those from it on were added in the open
-    /// transaction.
+    /// Users before this index were in memory at the last commit; those from it on were
+    /// added (created or loaded) in the open transaction.
     committed_len: usize,
     next_uid: i64,
     committed_next_uid: i64,
 }
+
+/// Users kept in memory before the set is dropped at a commit (about 100 bytes each).
+/// Tests keep few, so every store test also runs through drops and reloads.
+const MAX_CACHED_USERS: usize = if cfg!(test) { 64 } else { 1 << 16 };
 
 struct User {
     uid: i64,
@@ -479,36 +528,70 @@ struct User {
 }
 
 impl Users {
-    pub(crate) fn new(rows: Vec<UserRow>) -> Users {
-        let mut by_name = HashMap::with_capacity(rows.len());
-        let mut users = Vec::with_capacity(rows.len());
-        let mut next_uid = 1;
-        for row in rows {
-            next_uid = next_uid.max(row.uid + 1);
-            let name: Arc<str> = row.name.into();
-            by_name.insert(name.clone(), users.len() as u32);
-            users.push(User {
-                uid: row.uid,
-                head: row.head,
-                committed: row.head,
-                name,
-            });
-        }
-        Users {
-            by_name,
-            committed_len: users.len(),
-            users,
+    /// An empty set; uids continue after the largest stored.
+    pub(crate) fn new(conn: &Connection) -> rusqlite::Result<Users> {
+        let next_uid: i64 =
+            conn.query_row("SELECT coalesce(max(uid), 0) + 1 FROM users", [], |row| {
+                row.get(0)
+            })?;
+        Ok(Users {
+            by_name: HashMap::new(),
+            users: Vec::new(),
             touched: Vec::new(),
+            committed_len: 0,
             next_uid,
             committed_next_uid: next_uid,
+        })
+    }
+
+    /// The user's index, read from the database if not in memory; `None` when there is no
+    /// such user. Writes nothing, so it serves checks made before a job's first write.
+    pub(super) fn load(&mut self, conn: &Connection, name: &str) -> rusqlite::Result<Option<u32>> {
+        if let Some(&i) = self.by_name.get(name) {
+            return Ok(Some(i));
         }
+        let found: Option<(i64, u64)> = conn
+            .prepare_cached("SELECT uid, head FROM users WHERE name = ?1")?
+            .query_row([name], |row| Ok((row.get(0)?, get_u64(row, 1)?)))
+            .optional()?;
+        Ok(found.map(|(uid, head)| self.cached(uid, name, head)))
+    }
+
+    /// The index of a stored user read by the caller (a group's members), added if absent.
+    pub(super) fn cached(&mut self, uid: i64, name: &str, head: u64) -> u32 {
+        if let Some(&i) = self.by_name.get(name) {
+            return i;
+        }
+        let i = self.users.len() as u32;
+        let name: Arc<str> = name.into();
+        self.users.push(User {
+            uid,
+            head,
+            committed: head,
+            name: name.clone(),
+        });
+        self.by_name.insert(name, i);
+        i
+    }
+
+    /// Drops every user from memory if the set has grown past its bound. Only between
+    /// transactions, and the caller must drop whatever holds user indexes with it.
+    pub(super) fn shrink(&mut self) -> bool {
+        if self.users.len() <= MAX_CACHED_USERS {
+            return false;
+        }
+        debug_assert!(self.touched.is_empty());
+        self.by_name = HashMap::new();
+        self.users = Vec::new();
+        self.committed_len = 0;
+        true
     }
 
     /// The user's index, inserting a row for a user never seen before. The row starts at
     /// head 0 and gets its real head from [`flush`](Self::flush) with the others; uids are
     /// handed out here rather than by SQLite so the insert needs no read-back.
     pub(super) fn get_or_create(&mut self, conn: &Connection, name: &str) -> rusqlite::Result<u32> {
-        if let Some(&i) = self.by_name.get(name) {
+        if let Some(i) = self.load(conn, name)? {
             return Ok(i);
         }
         let uid = self.next_uid;
@@ -527,8 +610,8 @@ impl Users {
         Ok(i)
     }
 
-    /// The user's index, if the user exists; writes nothing, so it serves checks made
-    /// before a job's first write.
+    /// The user's index, if the user is in memory: every job loads the users it names
+    /// before it runs ([`preload`]), so for those this is whether the user exists.
     pub(super) fn find(&self, name: &str) -> Option<u32> {
         self.by_name.get(name).copied()
     }

@@ -1180,7 +1180,9 @@ fn worker(
     let mut events = Events::with_capacity(1024);
     let mut rbuf = vec![0u8; READ_BUF];
 
-    // Frames that arrived behind the 101 (the `welcome`, usually) first.
+    // Frames that arrived behind the 101 first, then whatever came after it while the
+    // handshakes ran (the `welcome` may follow the 101 by a store read): its readiness edge
+    // was taken by the handshake's poll, so the socket is read once by hand.
     for m in members.iter_mut() {
         let now = ctx.clock.ns();
         let result = m.client.as_mut().map_or(Ok(()), |c| {
@@ -1189,6 +1191,7 @@ fn worker(
                 on_input(&mut m.st, &mut ctx, input, now)
             })
         });
+        let result = result.and_then(|()| on_readable(m, &mut ctx, &mut rbuf, now));
         after_input(m, &mut ctx, result, now);
     }
 

@@ -714,7 +714,9 @@ fn worker(k: usize, opts: &Opts, shared: &Shared, run_seed: u64) -> (Totals, Vec
     let mut events = Events::with_capacity(1024);
     let mut rbuf = vec![0u8; READ_BUF];
 
-    // Frames that arrived behind the 101 (the `welcome`, usually) first.
+    // Frames that arrived behind the 101 first, then whatever came after it while the
+    // handshakes ran (the `welcome` may follow the 101 by a store read): its readiness edge
+    // was taken by the handshake's poll, so the socket is read once by hand.
     for u in users.iter_mut() {
         let now = ctx.clock.ns();
         let result = u.client.as_mut().map_or(Ok(()), |c| {
@@ -723,6 +725,7 @@ fn worker(k: usize, opts: &Opts, shared: &Shared, run_seed: u64) -> (Totals, Vec
                 on_input(&mut u.st, &mut ctx, input, now)
             })
         });
+        let result = result.and_then(|()| on_readable(u, &mut ctx, &mut rbuf, now));
         after_input(u, &mut ctx, result);
     }
 
