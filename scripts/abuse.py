@@ -326,6 +326,9 @@ def invented_users(args):
         while True:
             opcode, payload = read_frame(conn)
             value = json.loads(payload) if opcode == 0x1 else {}
+            if value.get("type") == "msg":
+                # The group entries pushed to the inventor: acked, or it is closed 4008.
+                conn.sendall(frame(json.dumps({"type": "ack", "seq": value["seq"]}).encode()))
             if value.get("rid") == rid:
                 break
         if value.get("type") == "group":
