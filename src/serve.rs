@@ -266,7 +266,7 @@ impl Server {
     ) -> Admission {
         match self.authenticate(request) {
             Ok(user) => {
-                let held = self.hub.connections_of(&user)
+                let held = self.hub.connections_held(&user)
                     + self.admitted.values().filter(|(u, _)| *u == user).count();
                 if self.max_per_user > 0 && held >= self.max_per_user {
                     crate::log_warn!("refused {user} from {client}: already {held} connections");

@@ -473,7 +473,13 @@ impl Hub {
     pub fn shutdown(&mut self, out: &mut Vec<Action>) {
         self.stopping = true;
         for (&conn, session) in self.sessions.iter_mut() {
-            for (request, rid) in std::mem::take(&mut session.waiting) {
+            // Only what needs the store is refused; a connection still being greeted
+            // keeps its other requests (ping, ack, watch, typing) for after its welcome.
+            let (refused, kept): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut session.waiting)
+                .into_iter()
+                .partition(|(request, _)| needs_store(request));
+            session.waiting = kept;
+            for (request, rid) in refused {
                 let cid = match &request {
                     Request::Send(send) => Some(send.cid.as_str()),
                     _ => None,
@@ -503,6 +509,14 @@ impl Hub {
     /// Live connections of `user` (for presence and tests).
     pub fn connections_of(&self, user: &str) -> usize {
         self.users.get(user).map_or(0, |u| u.conns.len())
+    }
+
+    /// Connections of `user`, live or still waiting for their welcome: what a per-user
+    /// cap counts, or connections opened at once would all pass it before any is welcomed.
+    pub fn connections_held(&self, user: &str) -> usize {
+        self.users
+            .get(user)
+            .map_or(0, |u| u.conns.len() + u.greeting as usize)
     }
 
     /// An authenticated connection of `user` is open: greet it, at once when the user has

@@ -58,7 +58,11 @@ impl Out<'_> {
             if target.shed {
                 return false;
             }
-            if target.unsent.len() + self.scratch.len() + framed > self.hard_cap {
+            if over_cap(
+                target.unsent.len() + self.scratch.len(),
+                framed,
+                self.hard_cap,
+            ) {
                 *self.queued -= target.shed_output();
                 self.scratch.truncate(self.scratch_floor);
                 self.closes.push((conn, close_code::POLICY, SLOW_CONSUMER));
@@ -76,7 +80,7 @@ impl Out<'_> {
         if ws.state() != WsState::Open || target.shed {
             return false;
         }
-        if target.unsent.len() + framed > self.hard_cap {
+        if over_cap(target.unsent.len(), framed, self.hard_cap) {
             *self.queued -= target.shed_output();
             self.closes.push((conn, close_code::POLICY, SLOW_CONSUMER));
             return false;
@@ -135,6 +139,13 @@ impl Out<'_> {
         }
         true
     }
+}
+
+/// Whether queueing `framed` more bytes behind `queued` passes the hard cap. The cap bounds
+/// a backlog: one message alone is let through whatever its size (its endpoint's limit
+/// bounds it, and an echo of a 16 MiB message is legitimate), but nothing piles onto it.
+fn over_cap(queued: usize, framed: usize, hard_cap: usize) -> bool {
+    queued > 0 && queued + framed > hard_cap
 }
 
 fn live(conns: &mut Slab<Connection>, conn: ConnId) -> Option<&mut Connection> {

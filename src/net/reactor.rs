@@ -786,11 +786,12 @@ impl<S: Service> Reactor<S> {
         if conn.unsent.is_empty() && conn.unsent.capacity() > 0 {
             conn.unsent = Vec::new();
         }
-        // Output that bypassed `Out` (pongs, close echoes) is bounded here. A consumer
-        // this slow would make us hold its backlog without bound: drop it and close with
-        // 1008; the close frame goes next, not behind the backlog.
+        // Output that bypassed `Out` (pongs, close echoes) is bounded here. `Out` lets one
+        // message of any size onto an empty queue, so past the cap by more than the
+        // largest message a consumer this slow would make us hold its backlog without
+        // bound: drop it and close with 1008; the close frame goes next, not behind it.
         let mut close_deadline = None;
-        if conn.unsent.len() > config.out_hard_cap
+        if conn.unsent.len() > config.out_hard_cap.saturating_add(config.max_message)
             && !conn.shed
             && matches!(&conn.phase, Phase::Upgraded(ws) if ws.state() == WsState::Open)
         {

@@ -24,8 +24,9 @@
 //! its jobs retried one transaction each, so only the job at fault fails.
 //!
 //! Being the only writer (the data folder is `flock`ed, so a second process is refused at
-//! open) the writer keeps every user's uid and inbox head in memory and assigns seqs with
-//! no query; `users.head` is written once per touched user per batch. It also remembers
+//! open) the writer keeps the uid and inbox head of the users in use in memory (read on
+//! first use, dropped past a bound) and assigns seqs with no query; `users.head` is
+//! written once per touched user per batch, so the table is exact at every commit. It also remembers
 //! group member lists (`groups.rs`) and which dm conversations are already listed for
 //! both sides (`conv.rs`), so neither a message to a large group nor a message in a
 //! running conversation reads or writes rows for them. All of it is dropped or restored

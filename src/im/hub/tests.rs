@@ -3254,3 +3254,28 @@ fn users_nobody_holds_a_connection_for_cost_the_hub_nothing() {
     assert!(h.deliver(completion).is_empty());
     assert!(h.hub.users.is_empty());
 }
+
+#[test]
+fn connections_being_greeted_count_against_their_user() {
+    // What the per-user cap counts: connections opened at once are all greeting before
+    // the first is welcomed, and must not all pass it.
+    let mut h = Harness::new(HubConfig::default());
+    for conn in 1..=3 {
+        h.call(|hub, now, out| hub.connect(conn, "ann", now, out));
+    }
+    assert_eq!(h.hub.connections_of("ann"), 0, "none welcomed yet");
+    assert_eq!(h.hub.connections_held("ann"), 3);
+    h.disconnect(2);
+    assert_eq!(h.hub.connections_held("ann"), 2);
+    // Shutting down refuses what waits for the store, and keeps a greeting's ping for
+    // after its welcome.
+    h.req(1, json!({"type": "ping", "rid": "p"}));
+    h.req(1, json!({"type": "convs", "rid": "c"}));
+    let out = h.call(|hub, _, out| hub.shutdown(out));
+    assert_eq!(out.types(1), ["error"]);
+    assert_eq!(out.one(1, "error")["rid"], "c");
+    let read = h.take();
+    let completion = h.run(&read);
+    let out = h.deliver(completion);
+    assert_eq!(out.types(1), ["welcome", "pong"]);
+}
