@@ -661,7 +661,9 @@ fn slow_reader_gets_every_echo_in_order() {
 fn consumer_that_never_reads_is_closed_at_the_hard_cap() {
     // With the soft cap equal to the hard cap the backlog of a consumer that never reads
     // cannot settle between the two (where the server only stops reading it and waits for
-    // the idle timeout), so the 1008 close is the one way this ends.
+    // the idle timeout), so the 1008 close is the one way this ends. The messages are
+    // smaller than the cap: one message alone passes it whatever its size, since the cap
+    // bounds a backlog.
     let server = Server::start(&[
         "--out-soft-cap",
         "256KiB",
@@ -675,7 +677,7 @@ fn consumer_that_never_reads_is_closed_at_the_hard_cap() {
     stream
         .set_write_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    let message = encode_frame(FIN | OP_BINARY, &byte_pattern(512 * 1024, 5));
+    let message = encode_frame(FIN | OP_BINARY, &byte_pattern(100 * 1024, 5));
     let start = Instant::now();
     let mut sent = 0usize;
     // Write until the server drops us: then a write fails with a reset or a broken pipe.
@@ -702,6 +704,17 @@ fn consumer_that_never_reads_is_closed_at_the_hard_cap() {
     let mut ws = ws_connect(server.addr(), "/echo");
     ws.send(Message::Text("next".into())).unwrap();
     assert_eq!(ws.read().unwrap(), Message::Text("next".into()));
+}
+
+#[test]
+fn one_message_larger_than_the_hard_cap_is_echoed_whole() {
+    // The cap bounds a backlog: a single message the endpoint accepts goes out however
+    // large, and only what would pile onto it is refused.
+    let server = Server::start(&["--out-soft-cap", "64KiB", "--out-hard-cap", "64KiB"]);
+    let mut ws = ws_connect(server.addr(), "/echo");
+    let payload = byte_pattern(1 << 20, 9);
+    ws.send(Message::Binary(payload.clone())).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::Binary(payload));
 }
 
 // ---------------------------------------------------------------------------------------
