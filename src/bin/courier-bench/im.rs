@@ -26,7 +26,7 @@ use mio::Events;
 
 use crate::args::{self, Flag};
 use crate::client::{self, Client, Target};
-use crate::imclient::{self, run_id, splitmix64, Clock, Ending, Input, Tally};
+use crate::imclient::{self, run_id, splitmix64, user_index, Clock, Ending, Input, Tally};
 use crate::ledger::{self, Check, Entry, Inbox, Origin, SendRec, Stamp, UserLog};
 use crate::stats::{self, Progress};
 
@@ -166,18 +166,6 @@ impl Opts {
     fn index_of(&self, id: &str) -> Option<u32> {
         user_index(&self.prefix, self.users, id)
     }
-}
-
-fn user_index(prefix: &str, users: usize, id: &str) -> Option<u32> {
-    let digits = id.strip_prefix(prefix)?;
-    if digits.is_empty()
-        || !digits.bytes().all(|b| b.is_ascii_digit())
-        || (digits.len() > 1 && digits.starts_with('0'))
-    {
-        return None;
-    }
-    let i: u32 = digits.parse().ok()?;
-    ((i as usize) < users).then_some(i)
 }
 
 fn opts(values: &args::Values) -> Result<Opts, String> {

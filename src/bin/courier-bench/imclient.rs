@@ -90,6 +90,21 @@ pub fn run_id() -> u64 {
     splitmix64(&mut seed)
 }
 
+/// The index of user `id` named `<prefix><n>` with `n < users` in canonical decimal (no
+/// sign, no leading zero), or `None` for anyone else: how the IM modes tell their own
+/// users from the rest.
+pub fn user_index(prefix: &str, users: usize, id: &str) -> Option<u32> {
+    let digits = id.strip_prefix(prefix)?;
+    if digits.is_empty()
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+        || (digits.len() > 1 && digits.starts_with('0'))
+    {
+        return None;
+    }
+    let i: u32 = digits.parse().ok()?;
+    ((i as usize) < users).then_some(i)
+}
+
 pub fn splitmix64(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;

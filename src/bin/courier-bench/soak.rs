@@ -48,7 +48,7 @@ use serde_json::{json, Value};
 use crate::args::{self, Flag};
 use crate::client::{self, Client, HandshakeError, Phase, Target};
 use crate::health::{self, Limits, Probe, Sample, Verdict};
-use crate::imclient::{self, run_id, splitmix64};
+use crate::imclient::{self, run_id, splitmix64, user_index};
 use crate::stats::{self, Histogram, Progress};
 
 pub const FLAGS: &[Flag] = &[
@@ -975,18 +975,6 @@ struct Soak<'a> {
 
 fn pick(rng: &mut u64, (lo, hi): (u64, u64)) -> u64 {
     lo + splitmix64(rng) % (hi - lo + 1)
-}
-
-fn user_index(prefix: &str, users: usize, id: &str) -> Option<u32> {
-    let digits = id.strip_prefix(prefix)?;
-    if digits.is_empty()
-        || !digits.bytes().all(|b| b.is_ascii_digit())
-        || (digits.len() > 1 && digits.starts_with('0'))
-    {
-        return None;
-    }
-    let i: u32 = digits.parse().ok()?;
-    ((i as usize) < users).then_some(i)
 }
 
 /// The counter at the end of a cid the session made (`<device>.<epoch>.<n>`).
