@@ -310,6 +310,8 @@ pub struct Metrics {
     pub rate_limited: Counter,
     /// Bytes held in connections' own output queues (what the kernel would not take).
     pub output_queued_bytes: Gauge,
+    /// Connections closed 1008 because their output passed `--out-hard-cap`.
+    pub output_sheds: Counter,
 }
 
 impl Default for Metrics {
@@ -334,6 +336,7 @@ impl Metrics {
             errors: CounterVec::with_keys("code", &ERROR_CODES, 32),
             rate_limited: Counter::new(),
             output_queued_bytes: Gauge::new(),
+            output_sheds: Counter::new(),
         }
     }
 
@@ -413,6 +416,11 @@ impl Metrics {
             "courier_output_queued_bytes",
             "Bytes waiting in connections' own output queues.",
             self.output_queued_bytes.get(),
+        );
+        x.counter(
+            "courier_output_shed_total",
+            "Connections whose queued output passed the hard cap: dropped, closed with 1008.",
+            self.output_sheds.get(),
         );
         x.counter(
             "courier_log_lines_dropped_total",
@@ -1493,6 +1501,7 @@ mod tests {
         m.errors.inc("something_new");
         m.rate_limited.inc();
         m.output_queued_bytes.set(4096);
+        m.output_sheds.add(3);
         let mut calls = 0;
         let text = m.render(&mut |x| {
             calls += 1;
@@ -1530,6 +1539,7 @@ mod tests {
         );
         assert_eq!(get("courier_rate_limited_total", &[]), 1.0);
         assert_eq!(get("courier_output_queued_bytes", &[]), 4096.0);
+        assert_eq!(get("courier_output_shed_total", &[]), 3.0);
         assert_eq!(get("courier_log_lines_dropped_total", &[]), 0.0);
         assert_eq!(get("courier_uptime_seconds", &[]), 1.5);
         assert_eq!(get("courier_store_jobs_total", &[]), 25.0);

@@ -218,6 +218,7 @@ impl Server {
         let mut metrics = self.metrics.clone();
         metrics.acks.add(acks);
         metrics.output_queued_bytes.set(net.queued_bytes as _);
+        metrics.output_sheds.add(net.output_sheds);
         metrics.render(&mut |x| {
             x.gauge(
                 "courier_uptime_seconds",

@@ -303,6 +303,14 @@ fn a_connection_shed_in_its_first_read_still_gets_a_well_formed_stream() {
     stream.write_all(&input).unwrap();
     sleep(Duration::from_millis(300));
     server.send_signal(libc::SIGCONT);
+    // Nothing is read until the shed is on record: a reader that kept up would let the
+    // kernel take the pongs before the history page comes back from the store, and the
+    // page alone passes the cap.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while gauge(&server, "courier_output_shed_total") < 1.0 {
+        assert!(Instant::now() < deadline, "the output was never shed");
+        sleep(Duration::from_millis(20));
+    }
     let head = read_head(&mut stream);
     assert_eq!(parse_status(&head), 101, "{head}");
     let mut frames = 0;

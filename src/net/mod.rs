@@ -45,6 +45,8 @@ pub struct NetStats {
     pub now: u64,
     /// Output queued in the server for every connection, not yet taken by the kernel.
     pub queued_bytes: usize,
+    /// Connections whose output passed the hard cap: dropped and closed with 1008.
+    pub output_sheds: u64,
 }
 
 /// The application on top of the reactor. Every call runs on the reactor thread and must

@@ -34,6 +34,8 @@ pub struct Out<'a> {
     pub(super) closes: &'a mut Vec<(ConnId, u16, &'static str)>,
     /// Bytes queued in every connection's `unsent`, kept in step with them.
     pub(super) queued: &'a mut usize,
+    /// Connections shed so far, for the metrics.
+    pub(super) sheds: &'a mut u64,
     pub(super) soft_cap: usize,
     pub(super) hard_cap: usize,
     pub(super) now: u64,
@@ -64,6 +66,7 @@ impl Out<'_> {
                 self.hard_cap,
             ) {
                 *self.queued -= target.shed_output();
+                *self.sheds += 1;
                 self.scratch.truncate(self.scratch_floor);
                 self.closes.push((conn, close_code::POLICY, SLOW_CONSUMER));
                 return false;
@@ -82,6 +85,7 @@ impl Out<'_> {
         }
         if over_cap(target.unsent.len(), framed, self.hard_cap) {
             *self.queued -= target.shed_output();
+            *self.sheds += 1;
             self.closes.push((conn, close_code::POLICY, SLOW_CONSUMER));
             return false;
         }

@@ -130,6 +130,8 @@ struct Reactor<S> {
     throttled: BinaryHeap<Reverse<(u64, u64)>>,
     /// Bytes in every connection's `unsent`, for `/metrics`.
     queued_bytes: usize,
+    /// Connections shed for passing the hard cap, since start.
+    output_sheds: u64,
     config: NetConfig,
     service: S,
 }
@@ -180,6 +182,7 @@ impl<S: Service> Reactor<S> {
             relieved: Vec::new(),
             throttled: BinaryHeap::new(),
             queued_bytes: 0,
+            output_sheds: 0,
             config,
             service,
         })
@@ -502,11 +505,13 @@ impl<S: Service> Reactor<S> {
             service,
             config,
             queued_bytes,
+            output_sheds,
             ..
         } = self;
         let net = NetStats {
             now: self.now,
             queued_bytes: *queued_bytes,
+            output_sheds: *output_sheds,
         };
         let conn = &mut conns[id.index as usize];
         let Phase::Handshake { pending, peer } = &mut conn.phase else {
@@ -654,6 +659,7 @@ impl<S: Service> Reactor<S> {
             dirty,
             closes,
             queued_bytes,
+            output_sheds,
             service,
             config,
             now,
@@ -667,6 +673,7 @@ impl<S: Service> Reactor<S> {
             dirty,
             closes,
             queued: queued_bytes,
+            sheds: output_sheds,
             soft_cap: config.out_soft_cap,
             hard_cap: config.out_hard_cap,
             now: *now,
@@ -796,6 +803,7 @@ impl<S: Service> Reactor<S> {
             && matches!(&conn.phase, Phase::Upgraded(ws) if ws.state() == WsState::Open)
         {
             self.queued_bytes -= conn.shed_output();
+            self.output_sheds += 1;
             let before = conn.unsent.len();
             if let Phase::Upgraded(ws) = &mut conn.phase {
                 ws.close(close_code::POLICY, SLOW_CONSUMER, &mut conn.unsent);
