@@ -655,6 +655,10 @@ fn failure(completion: &Completion) -> Option<&crate::store::StoreError> {
         Completion::Convs { result, .. } => result.as_ref().err(),
         Completion::History { result, .. } => result.as_ref().err(),
         Completion::Members { result, .. } => result.as_ref().err(),
+        Completion::Block { result, .. } => result.as_ref().err(),
+        Completion::BlockList { result, .. } | Completion::Reach { result, .. } => {
+            result.as_ref().err()
+        }
     }?;
     match error {
         StoreError::Forbidden(_)

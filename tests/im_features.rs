@@ -480,6 +480,9 @@ fn a_recall_after_the_window_is_refused() {
 fn presence_follows_the_first_and_last_connection() {
     let server = Server::start(&["--idle-timeout", "1500ms"]);
     let mut ann = server.connect("ann");
+    // Presence flows only within a conversation.
+    send(&mut ann, "user:bob", "to-bob", "hi");
+    send(&mut ann, "user:cat", "to-cat", "hi");
     ann.send(json!({"type": "watch", "users": ["bob", "cat"], "rid": "w"}));
     for user in ["bob", "cat"] {
         let presence = ann.expect("presence");
@@ -530,6 +533,9 @@ fn typing_is_relayed_to_live_connections_and_never_stored() {
     let server = Server::start(&[]);
     let mut ann = server.connect("ann");
     let mut bob = server.connect("bob");
+    // Typing flows only within a conversation.
+    send(&mut ann, "user:bob", "hello", "hi");
+    next_msg(&mut bob);
     // (The throttle, at most one per 250 ms, is the hub's unit test: timing on a loaded
     // machine makes it flaky here.)
     ok(&mut ann, json!({"type": "typing", "to": "user:bob"}));
@@ -556,7 +562,7 @@ fn typing_is_relayed_to_live_connections_and_never_stored() {
     }
     bob.expect_silence(QUIET);
     // Nothing of it is in anyone's inbox.
-    assert_eq!(server.connect("ann").welcome["inbox_seq"], 1);
+    assert_eq!(server.connect("ann").welcome["inbox_seq"], 2);
     refused(
         &mut ann,
         json!({"type": "typing", "to": "nobody"}),

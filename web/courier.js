@@ -857,11 +857,28 @@ export class CourierClient {
     return this.request({ type: 'watch', users: this.watched });
   }
 
+  /** Keeps `user` out, both ways: no dm, no group add, no presence, no typing. */
+  block(user) {
+    return this.request({ type: 'block', user });
+  }
+
+  unblock(user) {
+    return this.request({ type: 'unblock', user });
+  }
+
+  /** The users this user blocks, oldest block first. */
+  blocked() {
+    return this.request({ type: 'blocked' }).then((r) => r.users);
+  }
+
   /** Tells `to` that this user is typing, at most once per typingEveryMs; true when sent. */
   typing(to) {
     const t = this.now();
     if (t - (this.typingAt.get(to) ?? -Infinity) < this.opts.typingEveryMs) return false;
-    if (!this.write({ type: 'typing', to })) return false;
+    if (!this.welcomed) return false;
+    // Answered `ok`, or `forbidden` when `to` is out of reach (no message between the two
+    // yet, or a block): neither is news to show.
+    this.request({ type: 'typing', to }).catch(() => {});
     this.typingAt.set(to, t);
     return true;
   }

@@ -37,7 +37,7 @@ use courier::im::hub::{
 };
 use courier::im::protocol::{self, ErrorCode, Request, MAX_ECHOED_CID, MAX_ERROR_MESSAGE};
 use courier::store::{
-    Completion, ConvSummary, Entry, GroupChange, GroupInfo, History, Job, Lane,
+    Audience, Completion, ConvSummary, Entry, GroupChange, GroupInfo, History, Job, Lane,
     Message as StoredMessage, Page, ReadMoved, Sent, StoreError,
 };
 use serde::Deserialize;
@@ -85,8 +85,8 @@ const MAX_SYNCED: u64 = 256;
 const MAX_ERROR_FRAME: usize = 128 + 6 * (MAX_ECHOED_CID + MAX_ERROR_MESSAGE) + 128;
 
 /// The hub answers with a reply that echoes `rid` for exactly these.
-const REPLIES: [&str; 8] = [
-    "ok", "pong", "sent", "synced", "convs", "history", "group", "error",
+const REPLIES: [&str; 9] = [
+    "ok", "pong", "sent", "synced", "convs", "history", "group", "blocked", "error",
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -230,6 +230,11 @@ enum Req {
     Typing {
         to: u8,
     },
+    Block {
+        user: u8,
+        block: bool,
+    },
+    Blocked,
     Ping,
 }
 
@@ -312,6 +317,8 @@ struct Store {
     /// Group `gid` is `groups[gid - 1]`.
     groups: Vec<Group>,
     read: HashMap<(String, String), u64>,
+    /// `(blocker, blocked)`, oldest first.
+    blocks: Vec<(String, String)>,
 }
 
 fn dm_conv(a: &str, b: &str) -> String {
@@ -578,6 +585,8 @@ impl Store {
                     Err(error())
                 } else if let Some(original) = self.duplicate(&sender, &cid) {
                     Ok(original)
+                } else if self.blocked_between(&sender, &to) {
+                    Err(forbidden("cannot reach this user"))
                 } else {
                     let conv = dm_conv(&sender, &to);
                     Ok(self.store(conv, &sender, cid, body, &kind, ts, None, &[to]))
@@ -741,6 +750,96 @@ impl Store {
                 };
                 Completion::Members { tag, result }
             }
+            Job::Block {
+                tag,
+                user,
+                peer,
+                block,
+                ..
+            } => {
+                let result = if fail {
+                    Err(error())
+                } else if user == peer {
+                    Err(StoreError::Invalid("a user cannot block themselves"))
+                } else {
+                    let pair = (user, peer);
+                    self.blocks.retain(|p| *p != pair);
+                    if block {
+                        self.blocks.push(pair);
+                    }
+                    Ok(())
+                };
+                Completion::Block { tag, result }
+            }
+            Job::Blocked { tag, user } => {
+                let result = if fail {
+                    Err(error())
+                } else {
+                    Ok(self
+                        .blocks
+                        .iter()
+                        .filter(|(blocker, _)| *blocker == user)
+                        .map(|(_, blocked)| blocked.clone())
+                        .collect())
+                };
+                Completion::BlockList { tag, result }
+            }
+            Job::Reach {
+                tag,
+                user,
+                audience,
+            } => {
+                let result = if fail {
+                    Err(error())
+                } else {
+                    self.reach(&user, audience)
+                };
+                Completion::Reach { tag, result }
+            }
+        }
+    }
+
+    fn blocked_between(&self, a: &str, b: &str) -> bool {
+        self.blocks
+            .iter()
+            .any(|(x, y)| (x == a && y == b) || (x == b && y == a))
+    }
+
+    /// As the reader: a dm with a message, or a group in common now, and no block.
+    fn reach(&self, user: &str, audience: Audience) -> Result<Vec<String>, StoreError> {
+        match audience {
+            Audience::Group(gid) => {
+                let group = self.group(gid).ok_or(not_found("no such group"))?;
+                if !group.members.iter().any(|m| m == user) {
+                    return Err(forbidden("not a member of this group"));
+                }
+                Ok(group
+                    .members
+                    .iter()
+                    .filter(|m| *m != user && !self.blocked_between(user, m))
+                    .cloned()
+                    .collect())
+            }
+            Audience::Users(peers) => {
+                let mut reachable: Vec<String> = Vec::new();
+                for peer in peers {
+                    if reachable.contains(&peer) {
+                        continue;
+                    }
+                    let dm = dm_conv(user, &peer);
+                    let talked = self.msgs.iter().any(|m| m.conv == dm);
+                    let grouped = self
+                        .groups
+                        .iter()
+                        .any(|g| g.members.iter().any(|m| m == user) && g.members.contains(&peer));
+                    let within =
+                        peer == user || ((talked || grouped) && !self.blocked_between(user, &peer));
+                    if within {
+                        reachable.push(peer);
+                    }
+                }
+                Ok(reachable)
+            }
         }
     }
 
@@ -863,6 +962,9 @@ impl Store {
         if all.len() > max_members as usize {
             return Err(forbidden("the group would have too many members"));
         }
+        if all[1..].iter().any(|m| self.blocked_between(owner, m)) {
+            return Err(forbidden("cannot add a user who cannot be reached"));
+        }
         self.groups.push(Group {
             name,
             owner: Some(owner.to_owned()),
@@ -898,6 +1000,9 @@ impl Store {
         }
         if group.members.len() + new.len() > max_members as usize {
             return Err(forbidden("the group would have too many members"));
+        }
+        if new.iter().any(|m| self.blocked_between(user, m)) {
+            return Err(forbidden("cannot add a user who cannot be reached"));
         }
         let group = self.group_mut(gid).expect("found above");
         group.members.extend(new.iter().cloned());
@@ -1065,9 +1170,6 @@ struct Conn {
 enum Call {
     /// The completion of a read job that answers a connection.
     Read(u64),
-    /// A `typing` request: a `Job::Members` it starts looks up whom to relay it to, and
-    /// answers nobody (every other `Job::Members` answers a `group_info`).
-    Typing,
     Other,
 }
 
@@ -1112,11 +1214,15 @@ struct World {
 }
 
 /// The user of a read that answers a connection with a page or a reply (what may not
-/// start while that connection's output is awaited), made in `call`.
-fn answering_read(job: &Job, call: Call) -> Option<&str> {
+/// start while that connection's output is awaited). A `Reach` answers with a few small
+/// frames (a `watch`'s presences, a `typing`'s `ok`) and is not held.
+fn answering_read(job: &Job) -> Option<&str> {
     match job {
-        Job::Page { user, .. } | Job::Convs { user, .. } | Job::History { user, .. } => Some(user),
-        Job::Members { user, .. } if !matches!(call, Call::Typing) => Some(user),
+        Job::Page { user, .. }
+        | Job::Convs { user, .. }
+        | Job::History { user, .. }
+        | Job::Members { user, .. }
+        | Job::Blocked { user, .. } => Some(user),
         _ => None,
     }
 }
@@ -1249,7 +1355,6 @@ impl World {
         // for raw bytes as for well-formed requests.
         let (rid, ack, call) = match protocol::parse(text) {
             Ok((Request::Ack { seq }, rid)) => (rid, Some(seq), Call::Other),
-            Ok((Request::Typing { .. }, rid)) => (rid, None, Call::Typing),
             Ok((_, rid)) => (rid, None, Call::Other),
             Err(bad) => (bad.rid, None, Call::Other),
         };
@@ -1432,6 +1537,11 @@ impl World {
                 json!({"type": "watch", "rid": rid, "users": names(users)})
             }
             Req::Typing { to } => json!({"type": "typing", "rid": rid, "to": target(to)}),
+            Req::Block { user, block } => {
+                let kind = if block { "block" } else { "unblock" };
+                json!({"type": kind, "rid": rid, "user": name(user)})
+            }
+            Req::Blocked => json!({"type": "blocked", "rid": rid}),
             Req::Ping => json!({"type": "ping", "rid": rid}),
         };
         Some((value.to_string(), sync))
@@ -1648,7 +1758,7 @@ impl World {
                     }
                 }
                 Action::Store(job) => {
-                    if let Some(user) = answering_read(job, call) {
+                    if let Some(user) = answering_read(job) {
                         let candidates: Vec<ConnKey> = self
                             .conns
                             .iter()
@@ -1932,7 +2042,7 @@ impl World {
                     "typing relayed to the typist's own connection"
                 );
             }
-            "ok" | "pong" | "convs" | "history" | "group" | "read" | "presence" => {}
+            "ok" | "pong" | "convs" | "history" | "group" | "read" | "presence" | "blocked" => {}
             other => panic!("unexpected frame type {other}"),
         }
     }

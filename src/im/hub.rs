@@ -25,8 +25,8 @@ use super::protocol::{
     MAX_KIND, MAX_NAMED_MEMBERS, MAX_WATCH,
 };
 use crate::store::{
-    dm_conv, parse_gid, Completion, ConvId, ConvSummary, Entry, History, Job, Page, ReadMoved,
-    Sent, StoreError,
+    dm_conv, parse_gid, Audience, Completion, ConvId, ConvSummary, Entry, History, Job, Page,
+    ReadMoved, Sent, StoreError,
 };
 use crate::timer::{TimerId, Wheel};
 
@@ -219,8 +219,12 @@ struct Session {
     writes_in_flight: u32,
     /// `convs`, `history` and `group_info` submitted and not yet answered.
     queries_in_flight: u32,
-    /// The users whose presence this connection watches.
+    /// The users whose presence this connection watches (each shares a conversation with
+    /// its user, and no block stands between them).
     watching: Vec<Rc<str>>,
+    /// Users it asked to watch who were out of reach then: watched from the moment they
+    /// come within reach (a first dm, a shared group), without another `watch`.
+    wanted: Vec<Rc<str>>,
     last_typing: Option<u64>,
     repush_wanted: bool,
     /// The last sync page was not the end: live pushes wait for the client's next sync,
@@ -260,10 +264,22 @@ enum Pending {
         conn: ConnKey,
         rid: Option<Rid>,
     },
-    /// The members of a group someone types in, to relay the `typing` to.
+    /// Whom a `typing` may reach: relayed to them, then answered.
     Typing {
+        conn: ConnKey,
+        rid: Option<Rid>,
         from: Rc<str>,
         conv: String,
+    },
+    /// Which of the users a `watch` names are within reach.
+    Watch {
+        conn: ConnKey,
+        rid: Option<Rid>,
+        users: Vec<String>,
+    },
+    /// Which of a connection's wanted users came within reach (a group change).
+    Rewatch {
+        conn: ConnKey,
     },
 }
 
@@ -275,6 +291,10 @@ enum Write {
     /// `group_create` and `group_add` are answered with the group, `group_leave` with `ok`.
     Group {
         answer: bool,
+    },
+    Block {
+        peer: String,
+        block: bool,
     },
 }
 
@@ -319,6 +339,7 @@ impl Session {
             writes_in_flight: 0,
             queries_in_flight: 0,
             watching: Vec::new(),
+            wanted: Vec::new(),
             last_typing: None,
             repush_wanted: false,
             paused: false,
@@ -351,13 +372,20 @@ impl Session {
             Request::Sync { .. } => self.queries_in_flight == 0,
             // `group_info` too: its answer names up to a thousand members (~66 KB), so it
             // is held behind unread output like a `history`.
-            Request::Convs { .. } | Request::History { .. } | Request::GroupInfo { .. } => {
+            Request::Convs { .. }
+            | Request::History { .. }
+            | Request::GroupInfo { .. }
+            | Request::Blocked
+            | Request::Watch { .. } => {
                 !self.syncing
                     && self.writes_in_flight == 0
                     && self.queries_in_flight == 0
                     && !self.output_blocked
             }
             other if other.writes() => !self.syncing && self.queries_in_flight == 0,
+            // Whom it reaches must see the writes before it (a first message to the peer);
+            // its answer is small, so it is not held behind unread output.
+            Request::Typing { .. } => !self.syncing && self.writes_in_flight == 0,
             _ => true,
         }
     }
@@ -597,34 +625,155 @@ impl Hub {
         self.users.get(user).is_some_and(|u| !u.conns.is_empty())
     }
 
-    /// Replaces what `conn` watches; answers with the present state of each.
-    fn watch(&mut self, conn: ConnKey, users: Vec<String>, out: &mut Vec<Action>) {
-        let session = self.sessions.get_mut(&conn).expect("caller checked");
+    /// Replaces what `conn` watches with `users`: those `reachable` are watched at once,
+    /// each answered with their present state; the rest wait, unanswered, until they come
+    /// within reach.
+    fn watch(
+        &mut self,
+        conn: ConnKey,
+        users: Vec<String>,
+        reachable: &[String],
+        out: &mut Vec<Action>,
+    ) {
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return;
+        };
         let old = std::mem::take(&mut session.watching);
+        session.wanted.clear();
         self.unwatch(conn, &old);
-        let mut watching: Vec<Rc<str>> = Vec::with_capacity(users.len());
-        for user in users {
-            if watching.iter().any(|w| **w == *user) {
+        let mut seen: HashSet<&str> = HashSet::with_capacity(users.len());
+        for user in &users {
+            if !seen.insert(user) {
                 continue;
             }
-            let name: Rc<str> = match self.watchers.get_key_value(user.as_str()) {
-                Some((name, _)) => name.clone(),
-                None => Rc::from(user),
-            };
-            self.watchers.entry(name.clone()).or_default().insert(conn);
-            let online = self.online(&name);
-            reply(
-                out,
-                conn,
-                &Reply::Presence {
-                    user: &name,
-                    online,
-                },
-            );
-            watching.push(name);
+            if reachable.contains(user) {
+                self.start_watching(conn, user, out);
+            } else if let Some(session) = self.sessions.get_mut(&conn) {
+                session.wanted.push(Rc::from(user.as_str()));
+            }
         }
+    }
+
+    /// `conn` watches `user` from now on, starting with their present state.
+    fn start_watching(&mut self, conn: ConnKey, user: &str, out: &mut Vec<Action>) {
+        let name: Rc<str> = match self.watchers.get_key_value(user) {
+            Some((name, _)) => name.clone(),
+            None => Rc::from(user),
+        };
+        self.watchers.entry(name.clone()).or_default().insert(conn);
+        let online = self.online(&name);
+        reply(
+            out,
+            conn,
+            &Reply::Presence {
+                user: &name,
+                online,
+            },
+        );
         if let Some(session) = self.sessions.get_mut(&conn) {
-            session.watching = watching;
+            session.watching.push(name);
+        }
+    }
+
+    /// The wanted users of `conn` among `reachable` are watched from now on.
+    fn came_within_reach(&mut self, conn: ConnKey, reachable: &[String], out: &mut Vec<Action>) {
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        let mut now_reachable = Vec::new();
+        session.wanted.retain(|user| {
+            let reached = reachable.iter().any(|r| **r == **user);
+            if reached {
+                now_reachable.push(user.clone());
+            }
+            !reached
+        });
+        for user in now_reachable {
+            self.start_watching(conn, &user, out);
+        }
+    }
+
+    /// A block between `a` and `b`: whichever watched the other stops, as if the other had
+    /// gone offline, and waits for them to come within reach again (an unblock and a new
+    /// message, or a group).
+    fn out_of_reach(&mut self, a: &str, b: &str, out: &mut Vec<Action>) {
+        for (watcher, watched) in [(a, b), (b, a)] {
+            let Some(conns) = self.users.get(watcher).map(|u| u.conns.clone()) else {
+                continue;
+            };
+            let online = self.online(watched);
+            for conn in conns {
+                let Some(session) = self.sessions.get_mut(&conn) else {
+                    continue;
+                };
+                let Some(i) = session.watching.iter().position(|w| **w == *watched) else {
+                    continue;
+                };
+                let name = session.watching.swap_remove(i);
+                session.wanted.push(name.clone());
+                self.unwatch(conn, &[name]);
+                if online {
+                    let presence = Reply::Presence {
+                        user: watched,
+                        online: false,
+                    };
+                    reply(out, conn, &presence);
+                }
+            }
+        }
+    }
+
+    /// After a dm between `a` and `b` committed: each is within the other's reach.
+    fn dm_sent(&mut self, a: &str, b: &str, out: &mut Vec<Action>) {
+        for (watcher, watched) in [(a, b), (b, a)] {
+            let Some(conns) = self.users.get(watcher).map(|u| u.conns.clone()) else {
+                continue;
+            };
+            for conn in conns {
+                let wants = self
+                    .sessions
+                    .get(&conn)
+                    .is_some_and(|s| s.wanted.iter().any(|w| **w == *watched));
+                if wants {
+                    self.came_within_reach(conn, &[watched.to_owned()], out);
+                }
+            }
+        }
+    }
+
+    /// After a group change: the members' connections that want another member ask again
+    /// whether they are within reach now (a block may still stand between them).
+    fn group_changed(&mut self, members: &[String], out: &mut Vec<Action>) {
+        let names: HashSet<&str> = members.iter().map(String::as_str).collect();
+        let mut asks = Vec::new();
+        for member in members {
+            let Some(entry) = self.users.get(member.as_str()) else {
+                continue;
+            };
+            for &conn in &entry.conns {
+                let Some(session) = self.sessions.get(&conn) else {
+                    continue;
+                };
+                let wanted: Vec<String> = session
+                    .wanted
+                    .iter()
+                    .filter(|w| names.contains(&***w))
+                    .map(|w| w.to_string())
+                    .collect();
+                if !wanted.is_empty() {
+                    asks.push((conn, member.clone(), wanted));
+                }
+            }
+        }
+        for (conn, user, wanted) in asks {
+            let tag = self.tag();
+            self.pending.insert(tag, Pending::Rewatch { conn });
+            let audience = Audience::Users(wanted);
+            out.push(Action::Store(Job::Reach {
+                tag,
+                user,
+                audience,
+            }));
         }
     }
 
@@ -781,6 +930,7 @@ impl Hub {
             return;
         };
         let user = session.user.to_string();
+        let blocking = matches!(request, Request::Block { .. });
         match request {
             Request::Ping => {
                 let pong = Reply::Pong {
@@ -894,8 +1044,37 @@ impl Hub {
                 out.push(Action::Store(job));
             }
             Request::Watch { users } => {
-                self.watch(conn, users, out);
-                ok(out, conn, rid.as_deref());
+                session.queries_in_flight += 1;
+                let tag = self.tag();
+                let audience = Audience::Users(users.clone());
+                self.pending
+                    .insert(tag, Pending::Watch { conn, rid, users });
+                out.push(Action::Store(Job::Reach {
+                    tag,
+                    user,
+                    audience,
+                }));
+            }
+            Request::Block { user: peer } | Request::Unblock { user: peer } => {
+                let block = blocking;
+                let write = Write::Block {
+                    peer: peer.clone(),
+                    block,
+                };
+                let job = |tag| Job::Block {
+                    tag,
+                    user,
+                    peer,
+                    block,
+                    ts: now.wall,
+                };
+                self.write(conn, rid, write, job, out);
+            }
+            Request::Blocked => {
+                session.queries_in_flight += 1;
+                let tag = self.tag();
+                self.pending.insert(tag, Pending::Query { conn, rid });
+                out.push(Action::Store(Job::Blocked { tag, user }));
             }
             Request::Typing { to } => {
                 if session
@@ -908,20 +1087,29 @@ impl Hub {
                 }
                 session.last_typing = Some(now.mono);
                 let from = session.user.clone();
-                match parse_target(&to) {
-                    Ok(Target::User(peer)) => {
-                        let conv = dm_conv(&from, peer);
-                        self.relay_typing(&conv, &from, [peer], out);
+                // Checked on arrival; this only recovers the target.
+                let Ok(target) = parse_target(&to) else {
+                    return;
+                };
+                let (conv, audience) = match target {
+                    Target::User(peer) => {
+                        (dm_conv(&from, peer), Audience::Users(vec![peer.to_owned()]))
                     }
-                    Ok(Target::Group(gid)) => {
-                        let tag = self.tag();
-                        let conv = format!("group:{gid}");
-                        self.pending.insert(tag, Pending::Typing { from, conv });
-                        out.push(Action::Store(Job::Members { tag, user, gid }));
-                    }
-                    Err(_) => {}
-                }
-                ok(out, conn, rid.as_deref());
+                    Target::Group(gid) => (format!("group:{gid}"), Audience::Group(gid)),
+                };
+                let tag = self.tag();
+                let pending = Pending::Typing {
+                    conn,
+                    rid,
+                    from,
+                    conv,
+                };
+                self.pending.insert(tag, pending);
+                out.push(Action::Store(Job::Reach {
+                    tag,
+                    user,
+                    audience,
+                }));
             }
         }
     }
@@ -1057,8 +1245,20 @@ impl Hub {
                 error(out, conn, rid, None, ErrorCode::Unavailable, message);
                 self.query_done(conn, now, out);
             }
-            // A typing indicator is not worth a retry.
-            Some(Pending::Typing { .. }) => {}
+            Some(Pending::Typing { conn, rid, .. }) => {
+                // Not worth a retry: the client types again.
+                let message = "the server is busy: try again";
+                let rid = rid.as_deref();
+                error(out, conn, rid, None, ErrorCode::Unavailable, message);
+            }
+            Some(Pending::Watch { conn, rid, .. }) => {
+                let message = "the server is busy: try again";
+                let rid = rid.as_deref();
+                error(out, conn, rid, None, ErrorCode::Unavailable, message);
+                self.query_done(conn, now, out);
+            }
+            // Retried at the next group change or `watch`.
+            Some(Pending::Rewatch { .. }) => {}
             Some(Pending::Read { conn, read }) => {
                 let Some(session) = self.sessions.get_mut(&conn) else {
                     return;
@@ -1183,6 +1383,9 @@ impl Hub {
                         }
                         if let Some(event) = &change.event {
                             self.deliver(None, event, None, now, out);
+                            if matches!(write, Write::Group { answer: true }) {
+                                self.group_changed(&change.members, out);
+                            }
                         }
                     }
                     Err(e) => {
@@ -1201,33 +1404,47 @@ impl Hub {
                     result.map(|history| history_reply(rid, user, &history).to_json())
                 })
             }
-            Completion::Members { tag, result }
-                if matches!(self.pending.get(&tag), Some(Pending::Query { .. })) =>
-            {
+            Completion::Members { tag, result } => self.query_answered(tag, now, out, |rid, _| {
+                result.map(|group| {
+                    let reply = Reply::Group {
+                        rid,
+                        gid: group.gid,
+                        name: &group.name,
+                        owner: group.owner.as_deref(),
+                        members: &group.members,
+                    };
+                    reply.to_json()
+                })
+            }),
+            Completion::BlockList { tag, result } => {
                 self.query_answered(tag, now, out, |rid, _| {
-                    result.map(|group| {
-                        let reply = Reply::Group {
-                            rid,
-                            gid: group.gid,
-                            name: &group.name,
-                            owner: group.owner.as_deref(),
-                            members: &group.members,
-                        };
-                        reply.to_json()
-                    })
+                    result.map(|users| Reply::Blocked { rid, users: &users }.to_json())
                 })
             }
-            Completion::Members { tag, result } => {
-                let Some(Pending::Typing { from, conv }) = self.pending.remove(&tag) else {
+            Completion::Block { tag, result } => {
+                let Some(Pending::Write {
+                    conn,
+                    user,
+                    rid,
+                    write,
+                }) = self.pending.remove(&tag)
+                else {
                     return;
                 };
-                // Not a member, or no such group: typing is best-effort and never stored,
-                // so a failure is dropped (the `ok` went out already).
-                if let Ok(group) = result {
-                    let members = group.members.iter().map(String::as_str);
-                    self.relay_typing(&conv, &from, members, out);
+                let mut gone = Vec::new();
+                let answer = self.answer_to(conn, out, &mut gone);
+                match result {
+                    Ok(()) => {
+                        ok(answer, conn, rid.as_deref());
+                        if let Write::Block { peer, block: true } = write {
+                            self.out_of_reach(&user, &peer, out);
+                        }
+                    }
+                    Err(e) => failed(answer, conn, rid.as_deref(), None, &e),
                 }
+                self.write_done(conn, now, out);
             }
+            Completion::Reach { tag, result } => self.reached(tag, result, now, out),
             Completion::Page { tag, result, .. } => {
                 let Some(Pending::Read { conn, read }) = self.pending.remove(&tag) else {
                     return;
@@ -1358,6 +1575,66 @@ impl Hub {
             reply(out, origin, &answer);
         }
         self.deliver(Some(origin), &sent, None, now, out);
+        if let [_, (peer, _)] = &sent.deliveries[..] {
+            if sent.conv.starts_with("dm:") {
+                self.dm_sent(&sent.from, peer, out);
+            }
+        }
+    }
+
+    /// Whom a `watch`, a `typing` or a group change's second look may reach.
+    fn reached(
+        &mut self,
+        tag: u64,
+        result: Result<Vec<String>, StoreError>,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
+        match self.pending.remove(&tag) {
+            Some(Pending::Watch { conn, rid, users }) => {
+                if self.sessions.contains_key(&conn) {
+                    match result {
+                        Ok(reachable) => {
+                            self.watch(conn, users, &reachable, out);
+                            ok(out, conn, rid.as_deref());
+                        }
+                        Err(e) => failed(out, conn, rid.as_deref(), None, &e),
+                    }
+                }
+                self.query_done(conn, now, out);
+            }
+            Some(Pending::Typing {
+                conn,
+                rid,
+                from,
+                conv,
+            }) => {
+                if !self.sessions.contains_key(&conn) {
+                    return;
+                }
+                match result {
+                    // A dm peer out of reach is told apart from nobody: a blocked user
+                    // hears what a stranger hears.
+                    Ok(reachable) if reachable.is_empty() && conv.starts_with("dm:") => {
+                        let message = "cannot reach this user";
+                        let rid = rid.as_deref();
+                        error(out, conn, rid, None, ErrorCode::Forbidden, message);
+                    }
+                    Ok(reachable) => {
+                        let to = reachable.iter().map(String::as_str);
+                        self.relay_typing(&conv, &from, to, out);
+                        ok(out, conn, rid.as_deref());
+                    }
+                    Err(e) => failed(out, conn, rid.as_deref(), None, &e),
+                }
+            }
+            Some(Pending::Rewatch { conn }) => {
+                if let Ok(reachable) = result {
+                    self.came_within_reach(conn, &reachable, out);
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Pushes a stored message to every live connection of every user it has an inbox
@@ -1895,6 +2172,9 @@ fn check(request: &Request, max_body: usize) -> Result<(), (ErrorCode, String)> 
             }
             check_members(users)
         }
+        Request::Block { user } | Request::Unblock { user } => {
+            check_members(std::slice::from_ref(user))
+        }
         Request::Typing { to } => parse_target(to)
             .map(|_| ())
             .map_err(|m| (ErrorCode::BadRequest, m.to_owned())),
@@ -1904,10 +2184,7 @@ fn check(request: &Request, max_body: usize) -> Result<(), (ErrorCode, String)> 
 
 /// Requests answered from the store, refused while the server stops.
 fn needs_store(request: &Request) -> bool {
-    !matches!(
-        request,
-        Request::Ping | Request::Ack { .. } | Request::Watch { .. } | Request::Typing { .. }
-    )
+    !matches!(request, Request::Ping | Request::Ack { .. })
 }
 
 /// `user:<id>` or `group:<gid>`.

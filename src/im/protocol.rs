@@ -91,6 +91,15 @@ pub enum Request {
     Typing {
         to: String,
     },
+    /// Keeps `user` out: no dm, no group add, no presence or typing, either way.
+    Block {
+        user: String,
+    },
+    Unblock {
+        user: String,
+    },
+    /// The caller's block list.
+    Blocked,
 }
 
 impl Request {
@@ -104,6 +113,8 @@ impl Request {
                 | Request::GroupAdd { .. }
                 | Request::GroupLeave { .. }
                 | Request::Recall { .. }
+                | Request::Block { .. }
+                | Request::Unblock { .. }
         )
     }
 }
@@ -206,6 +217,11 @@ struct WatchFields {
 #[derive(Deserialize)]
 struct TypingFields {
     to: String,
+}
+
+#[derive(Deserialize)]
+struct BlockFields {
+    user: String,
 }
 
 /// A group id as the server writes it (a decimal string), or as a number.
@@ -362,71 +378,77 @@ pub fn parse(text: &[u8]) -> Result<(Request, Option<Rid>), BadRequest> {
     };
     // serde's text quotes the value it rejects (`invalid type: string "…"`), whole.
     let fields = |e: serde_json::Error| bounded(&format!("bad `{kind}` request: {e}")).into_owned();
-    let request = match &*kind {
-        "ping" => serde_json::from_slice::<NoFields>(text).map(|_| Request::Ping),
-        "send" => serde_json::from_slice::<Send>(text).map(Request::Send),
-        "ack" => serde_json::from_slice::<AckFields>(text).map(|f| Request::Ack { seq: f.seq }),
-        "sync" => serde_json::from_slice::<SyncFields>(text).map(|f| Request::Sync {
-            after: f.after,
-            limit: f.limit.unwrap_or(MAX_SYNC_PAGE).clamp(1, MAX_SYNC_PAGE),
-        }),
-        "read" => serde_json::from_slice::<ReadFields>(text).map(|f| Request::Read {
-            conv: f.conv,
-            mid: f.mid,
-        }),
-        "convs" => serde_json::from_slice::<ConvsFields>(text).map(|f| Request::Convs {
-            limit: f.limit.unwrap_or(CONVS_PAGE).clamp(1, MAX_CONVS_PAGE),
-        }),
-        "history" => serde_json::from_slice::<HistoryFields>(text).map(|f| Request::History {
-            conv: f.conv,
-            before: f.before,
-            limit: f.limit.unwrap_or(HISTORY_PAGE).clamp(1, MAX_HISTORY_PAGE),
-        }),
-        "group_create" => {
-            serde_json::from_slice::<GroupCreateFields>(text).map(|f| Request::GroupCreate {
-                name: f.name,
-                members: f.members,
-            })
-        }
-        "group_add" => serde_json::from_slice::<GroupFields>(text).map(|f| Request::GroupAdd {
-            gid: f.gid,
-            members: f.members,
-        }),
-        "group_leave" => {
-            let leave = serde_json::from_slice::<GroupFields>(text);
-            // The hub accepts only the caller here, any number of times over; the cap keeps
-            // a legal leave within the size of a group_add (see `max_request_len`).
-            if matches!(&leave, Ok(f) if f.members.len() > MAX_NAMED_MEMBERS) {
-                return Err(BadRequest {
-                    rid,
-                    cid: None,
-                    message: format!("at most {MAX_NAMED_MEMBERS} users per request"),
-                });
+    let request =
+        match &*kind {
+            "ping" => serde_json::from_slice::<NoFields>(text).map(|_| Request::Ping),
+            "send" => serde_json::from_slice::<Send>(text).map(Request::Send),
+            "ack" => serde_json::from_slice::<AckFields>(text).map(|f| Request::Ack { seq: f.seq }),
+            "sync" => serde_json::from_slice::<SyncFields>(text).map(|f| Request::Sync {
+                after: f.after,
+                limit: f.limit.unwrap_or(MAX_SYNC_PAGE).clamp(1, MAX_SYNC_PAGE),
+            }),
+            "read" => serde_json::from_slice::<ReadFields>(text).map(|f| Request::Read {
+                conv: f.conv,
+                mid: f.mid,
+            }),
+            "convs" => serde_json::from_slice::<ConvsFields>(text).map(|f| Request::Convs {
+                limit: f.limit.unwrap_or(CONVS_PAGE).clamp(1, MAX_CONVS_PAGE),
+            }),
+            "history" => serde_json::from_slice::<HistoryFields>(text).map(|f| Request::History {
+                conv: f.conv,
+                before: f.before,
+                limit: f.limit.unwrap_or(HISTORY_PAGE).clamp(1, MAX_HISTORY_PAGE),
+            }),
+            "group_create" => {
+                serde_json::from_slice::<GroupCreateFields>(text).map(|f| Request::GroupCreate {
+                    name: f.name,
+                    members: f.members,
+                })
             }
-            leave.map(|f| Request::GroupLeave {
+            "group_add" => serde_json::from_slice::<GroupFields>(text).map(|f| Request::GroupAdd {
                 gid: f.gid,
                 members: f.members,
-            })
-        }
-        "group_info" => serde_json::from_slice::<GroupInfoFields>(text)
-            .map(|f| Request::GroupInfo { gid: f.gid }),
-        "recall" => {
-            serde_json::from_slice::<RecallFields>(text).map(|f| Request::Recall { mid: f.mid })
-        }
-        "watch" => {
-            serde_json::from_slice::<WatchFields>(text).map(|f| Request::Watch { users: f.users })
-        }
-        "typing" => {
-            serde_json::from_slice::<TypingFields>(text).map(|f| Request::Typing { to: f.to })
-        }
-        other => {
-            return Err(BadRequest {
-                message: format!("unknown type {}", quote(other)),
-                rid,
-                cid: None,
-            })
-        }
-    };
+            }),
+            "group_leave" => {
+                let leave = serde_json::from_slice::<GroupFields>(text);
+                // The hub accepts only the caller here, any number of times over; the cap keeps
+                // a legal leave within the size of a group_add (see `max_request_len`).
+                if matches!(&leave, Ok(f) if f.members.len() > MAX_NAMED_MEMBERS) {
+                    return Err(BadRequest {
+                        rid,
+                        cid: None,
+                        message: format!("at most {MAX_NAMED_MEMBERS} users per request"),
+                    });
+                }
+                leave.map(|f| Request::GroupLeave {
+                    gid: f.gid,
+                    members: f.members,
+                })
+            }
+            "group_info" => serde_json::from_slice::<GroupInfoFields>(text)
+                .map(|f| Request::GroupInfo { gid: f.gid }),
+            "recall" => {
+                serde_json::from_slice::<RecallFields>(text).map(|f| Request::Recall { mid: f.mid })
+            }
+            "watch" => serde_json::from_slice::<WatchFields>(text)
+                .map(|f| Request::Watch { users: f.users }),
+            "typing" => {
+                serde_json::from_slice::<TypingFields>(text).map(|f| Request::Typing { to: f.to })
+            }
+            "block" => {
+                serde_json::from_slice::<BlockFields>(text).map(|f| Request::Block { user: f.user })
+            }
+            "unblock" => serde_json::from_slice::<BlockFields>(text)
+                .map(|f| Request::Unblock { user: f.user }),
+            "blocked" => Ok(Request::Blocked),
+            other => {
+                return Err(BadRequest {
+                    message: format!("unknown type {}", quote(other)),
+                    rid,
+                    cid: None,
+                })
+            }
+        };
     match request {
         // Past this length a cid is not echoed (see MAX_ECHOED_CID), and the hub, which
         // answers a bad cid with the cid, must not get one to echo.
@@ -546,6 +568,12 @@ pub enum Reply<'a> {
         /// `null` once the group has ended (its last member left).
         owner: Option<&'a str>,
         members: &'a [String],
+    },
+    /// The answer to `blocked`: oldest block first.
+    Blocked {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<&'a RawValue>,
+        users: &'a [String],
     },
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]

@@ -72,8 +72,9 @@ pub(crate) fn group_conv(gid: u64) -> String {
 /// Most dm pairs remembered: at 16 bytes or so a pair in a `HashSet<u64>`, about 8 MiB.
 const KNOWN_DMS_MAX: usize = 1 << 19;
 
-/// The dm conversations whose two `convs` rows the writer knows exist, as pairs of user
-/// indexes, so that a running conversation's sends cost no `INSERT OR IGNORE` at all.
+/// The dm conversations whose two `convs` rows the writer knows exist, with no block
+/// between the two, as pairs of user indexes, so that a running conversation's sends cost
+/// no `INSERT OR IGNORE` and no block check at all. A block forgets its pair.
 ///
 /// Losing an entry only costs that statement again, so the set is simply emptied when it
 /// grows past [`KNOWN_DMS_MAX`]. What it must never hold is a pair whose rows were rolled
@@ -95,7 +96,7 @@ impl KnownDms {
         b: u32,
         conv: &str,
     ) -> rusqlite::Result<()> {
-        let key = (u64::from(a.min(b)) << 32) | u64::from(a.max(b));
+        let key = pair(a, b);
         if self.pairs.contains(&key) {
             return Ok(());
         }
@@ -110,6 +111,18 @@ impl KnownDms {
         Ok(())
     }
 
+    /// Whether a message between `a` and `b` went through since the last block between
+    /// them, so no block check is needed.
+    pub(crate) fn known(&self, a: u32, b: u32) -> bool {
+        self.pairs.contains(&pair(a, b))
+    }
+
+    /// A block between `a` and `b`: their next send checks again. Rolling it back only
+    /// costs that check.
+    pub(crate) fn forget(&mut self, a: u32, b: u32) {
+        self.pairs.remove(&pair(a, b));
+    }
+
     pub(crate) fn commit(&mut self) {
         self.added.clear();
         if self.pairs.len() > KNOWN_DMS_MAX {
@@ -122,6 +135,10 @@ impl KnownDms {
             self.pairs.remove(&key);
         }
     }
+}
+
+fn pair(a: u32, b: u32) -> u64 {
+    (u64::from(a.min(b)) << 32) | u64::from(a.max(b))
 }
 
 /// `Job::MarkRead`: moves `user`'s cursor in `conv` forward to `mid`.

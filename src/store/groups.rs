@@ -27,6 +27,7 @@ use std::collections::{HashMap, HashSet};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
+use super::blocks;
 use super::budget::Budgets;
 use super::conv::group_conv;
 use super::error::StoreError;
@@ -252,6 +253,7 @@ pub(crate) fn create(
     if names.len() > max_members as usize {
         return Err(Fail::forbidden("the group would have too many members"));
     }
+    refuse_blocked(conn, users, owner, &names[1..])?;
     let invented = names[1..]
         .iter()
         .filter(|n| users.find(n).is_none())
@@ -293,6 +295,27 @@ pub(crate) fn create(
     Ok(Outcome::Group(change))
 }
 
+/// Nobody is put in a group by a user they block, or who blocks them. A user without a row
+/// has no blocks yet.
+fn refuse_blocked(
+    conn: &Connection,
+    users: &Users,
+    adder: &str,
+    names: &[&str],
+) -> Result<(), Fail> {
+    let Some(adder) = users.find(adder) else {
+        return Ok(());
+    };
+    for name in names {
+        if let Some(member) = users.find(name).filter(|&m| m != adder) {
+            if blocks::between(conn, users.uid(adder), users.uid(member))? {
+                return Err(Fail::forbidden("cannot add a user who cannot be reached"));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `Job::GroupAdd`.
 // Each argument is a field of the job.
 #[allow(clippy::too_many_arguments)]
@@ -332,6 +355,7 @@ pub(crate) fn add(
     if group.members.len() + new.len() > max_members as usize {
         return Err(Fail::forbidden("the group would have too many members"));
     }
+    refuse_blocked(conn, users, user, &new)?;
     let invented = new.iter().filter(|n| users.find(n).is_none()).count();
     budgets
         .charge(user, ts as u64, 0, invented as u32)

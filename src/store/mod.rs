@@ -86,6 +86,7 @@
 //! `complete` (mod.rs) and one in the writer's `apply` or the reader's loop. A schema change
 //! is a step appended to `schema::MIGRATIONS`, never an edit of an existing one.
 
+mod blocks;
 mod budget;
 mod checkpoint;
 mod conv;
@@ -315,6 +316,40 @@ pub enum Job {
     /// What `group_info` answers, and whom a `typing` goes to. Answered by
     /// [`Completion::Members`].
     Members { tag: u64, user: String, gid: u64 },
+    /// `user` blocks `peer` (`block`), or lifts the block (writer). While a block stands,
+    /// either way, neither may dm the other or add the other to a group
+    /// ([`StoreError::Forbidden`]), and [`Job::Reach`] keeps them apart. Blocking twice or
+    /// lifting a block that is not there changes nothing. Answered by
+    /// [`Completion::Block`].
+    Block {
+        tag: u64,
+        user: String,
+        peer: String,
+        block: bool,
+        ts: u64,
+    },
+    /// The users `user` blocks, oldest block first (reader). Answered by
+    /// [`Completion::BlockList`].
+    Blocked { tag: u64, user: String },
+    /// Whom `user` may reach with presence and typing (reader): of `audience`, the users
+    /// who share a conversation with them (a dm with a message in it, or a group both are
+    /// members of now) with no block between them either way. Answered by
+    /// [`Completion::Reach`].
+    Reach {
+        tag: u64,
+        user: String,
+        audience: Audience,
+    },
+}
+
+/// Whom a [`Job::Reach`] asks about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Audience {
+    /// These users; the answer keeps those reachable, in the order given.
+    Users(Vec<String>),
+    /// The other members of this group, which `user` must be a member of
+    /// ([`StoreError::Forbidden`]; no such group: [`StoreError::NotFound`]).
+    Group(u64),
 }
 
 /// Which queue a job goes to.
@@ -337,7 +372,10 @@ impl Job {
             | Job::GroupLeave { tag, .. }
             | Job::Convs { tag, .. }
             | Job::History { tag, .. }
-            | Job::Members { tag, .. } => *tag,
+            | Job::Members { tag, .. }
+            | Job::Block { tag, .. }
+            | Job::Blocked { tag, .. }
+            | Job::Reach { tag, .. } => *tag,
         }
     }
 
@@ -349,10 +387,14 @@ impl Job {
             | Job::MarkRead { .. }
             | Job::GroupCreate { .. }
             | Job::GroupAdd { .. }
-            | Job::GroupLeave { .. } => Lane::Write,
-            Job::Page { .. } | Job::Convs { .. } | Job::History { .. } | Job::Members { .. } => {
-                Lane::Read
-            }
+            | Job::GroupLeave { .. }
+            | Job::Block { .. } => Lane::Write,
+            Job::Page { .. }
+            | Job::Convs { .. }
+            | Job::History { .. }
+            | Job::Members { .. }
+            | Job::Blocked { .. }
+            | Job::Reach { .. } => Lane::Read,
         }
     }
 }
@@ -397,6 +439,19 @@ pub enum Completion {
         tag: u64,
         result: Result<GroupInfo, StoreError>,
     },
+    Block {
+        tag: u64,
+        result: Result<(), StoreError>,
+    },
+    BlockList {
+        tag: u64,
+        result: Result<Vec<String>, StoreError>,
+    },
+    /// The users reachable, as [`Job::Reach`] says.
+    Reach {
+        tag: u64,
+        result: Result<Vec<String>, StoreError>,
+    },
 }
 
 impl Completion {
@@ -409,7 +464,10 @@ impl Completion {
             | Completion::Group { tag, .. }
             | Completion::Convs { tag, .. }
             | Completion::History { tag, .. }
-            | Completion::Members { tag, .. } => *tag,
+            | Completion::Members { tag, .. }
+            | Completion::Block { tag, .. }
+            | Completion::BlockList { tag, .. }
+            | Completion::Reach { tag, .. } => *tag,
         }
     }
 }
@@ -773,6 +831,9 @@ pub(crate) enum Outcome {
     Convs(Vec<ConvSummary>),
     History(History),
     Members(GroupInfo),
+    /// A write whose answer is only that it committed.
+    Done,
+    Users(Vec<String>),
 }
 
 /// Joins a job with its outcome, moving the job's strings into the completion.
@@ -874,6 +935,21 @@ pub(crate) fn complete(job: Job, outcome: Result<Outcome, StoreError>) -> Comple
         Job::Members { tag, .. } => Completion::Members {
             tag,
             result: built!(Members),
+        },
+        Job::Block { tag, .. } => Completion::Block {
+            tag,
+            result: outcome.and_then(|o| match o {
+                Outcome::Done => Ok(()),
+                _ => Err(mismatch()),
+            }),
+        },
+        Job::Blocked { tag, .. } => Completion::BlockList {
+            tag,
+            result: built!(Users),
+        },
+        Job::Reach { tag, .. } => Completion::Reach {
+            tag,
+            result: built!(Users),
         },
         Job::Page {
             tag, user, after, ..

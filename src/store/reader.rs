@@ -54,6 +54,12 @@ impl Reader {
                 Job::Members { user, gid, .. } => {
                     views::group(&mut self.conn, user, *gid).map(Outcome::Members)
                 }
+                Job::Blocked { user, .. } => {
+                    views::blocked(&mut self.conn, user).map(Outcome::Users)
+                }
+                Job::Reach { user, audience, .. } => {
+                    views::reach(&mut self.conn, user, audience).map(Outcome::Users)
+                }
                 _ => Err(StoreError::Internal("write job routed to a reader".into())),
             };
             self.counters.read(outcome.is_ok());

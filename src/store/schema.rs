@@ -92,6 +92,15 @@ pub(crate) const MIGRATIONS: &[&str] = &[
      INSERT OR IGNORE INTO convs(uid, conv, read_mid)
          SELECT i.uid, m.conv, max(m.mid) FROM inbox AS i CROSS JOIN messages AS m ON m.mid = i.mid
          GROUP BY i.uid, m.conv;",
+    // Who keeps whom out (`Job::Block`), and a user's groups by user: presence and typing
+    // flow only between users who share a group or a dm (`Job::Reach`).
+    "CREATE TABLE blocks(
+         blocker INTEGER NOT NULL,
+         blocked INTEGER NOT NULL,
+         ts      INTEGER NOT NULL,
+         PRIMARY KEY(blocker, blocked)
+     ) WITHOUT ROWID;
+     CREATE INDEX members_by_uid ON members(uid, gid);",
 ];
 
 /// How long a statement waits on a lock held by another connection before failing. In one

@@ -1292,10 +1292,205 @@ impl Im {
     fn head(&self, user: &str) -> u64 {
         self.page(user, 0).head
     }
+
+    fn try_send(&self, from: &str, to: &str, cid: &str) -> Result<Sent, StoreError> {
+        match self.run(send_job(0, from, to, cid, &format!("body of {cid}"))) {
+            Completion::Sent { result, .. } => result,
+            other => panic!("expected Sent, got {other:?}"),
+        }
+    }
+
+    fn block(&self, user: &str, peer: &str, block: bool) -> Result<(), StoreError> {
+        match self.run(Job::Block {
+            tag: 0,
+            user: user.into(),
+            peer: peer.into(),
+            block,
+            ts: TS,
+        }) {
+            Completion::Block { result, .. } => result,
+            other => panic!("expected Block, got {other:?}"),
+        }
+    }
+
+    fn blocked(&self, user: &str) -> Vec<String> {
+        match self.run(Job::Blocked {
+            tag: 0,
+            user: user.into(),
+        }) {
+            Completion::BlockList { result, .. } => result.expect("block list"),
+            other => panic!("expected BlockList, got {other:?}"),
+        }
+    }
+
+    fn reach(&self, user: &str, audience: Audience) -> Result<Vec<String>, StoreError> {
+        match self.run(Job::Reach {
+            tag: 0,
+            user: user.into(),
+            audience,
+        }) {
+            Completion::Reach { result, .. } => result,
+            other => panic!("expected Reach, got {other:?}"),
+        }
+    }
+
+    fn reach_users(&self, user: &str, peers: &[&str]) -> Vec<String> {
+        self.reach(user, Audience::Users(strings(peers)))
+            .expect("reach")
+    }
 }
 
 fn strings(names: &[&str]) -> Vec<String> {
     names.iter().map(|s| s.to_string()).collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Who may reach whom
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_block_refuses_a_dm_either_way_keeps_resends_answered_and_lifts_with_unblock() {
+    let dir = TempDir::new("block-dm");
+    let im = Im::open(&dir);
+    // A running conversation: the writer skips the block check for pairs it knows, so
+    // the block must make it forget the pair.
+    let first = im.send("ann", "bob", "a1");
+    im.send("bob", "ann", "b1");
+    im.block("bob", "ann", true).unwrap();
+    let messages = count(&dir, "messages");
+    let refused = Err(StoreError::Forbidden("cannot reach this user"));
+    assert_eq!(im.try_send("ann", "bob", "a2"), refused, "the blocked user");
+    assert_eq!(im.try_send("bob", "ann", "b2"), refused, "the blocker too");
+    assert_eq!(count(&dir, "messages"), messages, "nothing stored");
+    let again = im.try_send("ann", "bob", "a1").expect("a resend");
+    assert!(again.duplicate);
+    assert_eq!(again.mid, first.mid, "what went through before is answered");
+    // Others are not affected; blocking twice changes nothing.
+    im.send("ann", "cat", "a3");
+    im.block("bob", "ann", true).unwrap();
+    assert_eq!(im.blocked("bob"), ["ann"]);
+    assert!(im.blocked("ann").is_empty(), "a block is the blocker's");
+
+    im.block("bob", "ann", false).unwrap();
+    im.block("bob", "ann", false).unwrap();
+    assert!(im.blocked("bob").is_empty());
+    assert!(!im.try_send("ann", "bob", "a4").unwrap().duplicate);
+}
+
+#[test]
+fn a_block_holds_after_a_reopen_and_for_a_user_not_seen_before() {
+    let dir = TempDir::new("block-reopen");
+    {
+        let im = Im::open(&dir);
+        im.block("ann", "zed", true).unwrap();
+        im.block("ann", "bob", true).unwrap();
+    }
+    let im = Im::open(&dir);
+    assert_eq!(
+        im.blocked("ann"),
+        ["zed", "bob"],
+        "oldest first, after a reopen"
+    );
+    assert_eq!(
+        im.try_send("zed", "ann", "z1"),
+        Err(StoreError::Forbidden("cannot reach this user"))
+    );
+    assert_eq!(
+        im.block("ann", "ann", true),
+        Err(StoreError::Invalid("a user cannot block themselves"))
+    );
+    im.block("nobody", "ghost", false).unwrap();
+}
+
+#[test]
+fn nobody_is_put_in_a_group_across_a_block() {
+    let dir = TempDir::new("block-groups");
+    let im = Im::open(&dir);
+    im.send("ann", "bob", "hello");
+    im.block("bob", "ann", true).unwrap();
+    let groups = count(&dir, "groups");
+    let refused = Err(StoreError::Forbidden(
+        "cannot add a user who cannot be reached",
+    ));
+    assert_eq!(im.create("ann", "t", &["cat", "bob"]).map(drop), refused);
+    assert_eq!(
+        im.create("bob", "t", &["ann"]).map(drop),
+        refused,
+        "nor the blocker"
+    );
+    assert_eq!(count(&dir, "groups"), groups, "nothing stored");
+    let change = im.create("ann", "t", &["cat"]).unwrap();
+    assert_eq!(im.add("ann", change.gid, &["bob"]).map(drop), refused);
+    assert_eq!(im.members("ann", change.gid).unwrap(), ["ann", "cat"]);
+    // Already together in a group before the block: messages still go to every member.
+    let team = im.create("cat", "team", &["ann", "bob"]).unwrap();
+    im.block("ann", "bob", true).unwrap();
+    let sent = im.group_send("ann", team.gid, "g1").unwrap();
+    assert_eq!(sent.deliveries.len(), 3);
+}
+
+#[test]
+fn reach_is_a_dm_with_a_message_or_a_group_now_and_no_block() {
+    let dir = TempDir::new("reach");
+    let im = Im::open(&dir);
+    im.send("ann", "bob", "hello");
+    let team = im.create("cat", "team", &["ann", "dan"]).unwrap();
+    im.block("eve", "zed", true).unwrap();
+    im.send("eve", "ann", "hi");
+    assert_eq!(
+        im.reach_users(
+            "ann",
+            &["bob", "cat", "dan", "eve", "zed", "nobody", "bob", "ann"]
+        ),
+        ["bob", "cat", "dan", "eve", "ann"],
+        "dm partners, group members, once each, in the order asked"
+    );
+    assert!(
+        im.reach_users("zed", &["eve", "ann"]).is_empty(),
+        "strangers"
+    );
+    assert!(im.reach_users("nobody", &["ann"]).is_empty());
+
+    im.block("dan", "ann", true).unwrap();
+    im.block("ann", "bob", true).unwrap();
+    assert_eq!(im.reach_users("ann", &["bob", "cat", "dan"]), ["cat"]);
+    assert_eq!(
+        im.reach_users("dan", &["ann", "cat"]),
+        ["cat"],
+        "either way"
+    );
+    assert_eq!(
+        im.reach("ann", Audience::Group(team.gid)).unwrap(),
+        ["cat"],
+        "a group's typing skips members across a block"
+    );
+    // A member who left shares the group no more.
+    im.leave("cat", team.gid).unwrap();
+    assert!(im.reach_users("ann", &["cat"]).is_empty());
+    assert_eq!(
+        im.reach("cat", Audience::Group(team.gid)),
+        Err(StoreError::Forbidden("not a member of this group"))
+    );
+    assert_eq!(
+        im.reach("ann", Audience::Group(999)),
+        Err(StoreError::NotFound("no such group"))
+    );
+}
+
+#[test]
+fn a_block_list_is_bounded() {
+    let dir = TempDir::new("block-cap");
+    let im = Im::open(&dir);
+    for i in 0..blocks::MAX_BLOCKS {
+        im.block("ann", &format!("u{i}"), true).unwrap();
+    }
+    assert_eq!(
+        im.block("ann", "one-more", true),
+        Err(StoreError::Forbidden("the block list is full (1000 users)"))
+    );
+    im.block("ann", "u0", true).unwrap();
+    im.block("ann", "u0", false).unwrap();
+    im.block("ann", "one-more", true).unwrap();
 }
 
 fn create_job(owner: &str, name: &str, members: &[&str], max_members: u32) -> Job {

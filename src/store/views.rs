@@ -6,10 +6,11 @@ use std::cmp::Reverse;
 
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
+use super::blocks;
 use super::conv::ConvId;
 use super::error::{sql, StoreError};
 use super::schema::{get_opt_u64, get_u64};
-use super::{ConvSummary, GroupInfo, History, Message};
+use super::{dm_conv, Audience, ConvSummary, GroupInfo, History, Message};
 
 /// A read that failed: refused (answer as is) or SQLite's error.
 enum Fail {
@@ -221,6 +222,95 @@ pub(crate) fn group(conn: &mut Connection, user: &str, gid: u64) -> Result<Group
             members,
         })
     })?)
+}
+
+/// `Job::Blocked`: oldest block first.
+pub(crate) fn blocked(conn: &mut Connection, user: &str) -> Result<Vec<String>, StoreError> {
+    Ok(read(conn, |tx| {
+        let names = tx
+            .prepare_cached(
+                "SELECT p.name FROM users AS u CROSS JOIN blocks AS b ON b.blocker = u.uid
+                 CROSS JOIN users AS p ON p.uid = b.blocked
+                 WHERE u.name = ?1 ORDER BY b.ts, b.blocked",
+            )?
+            .query_map([user], |row| row.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        Ok(names)
+    })?)
+}
+
+/// `Job::Reach`.
+pub(crate) fn reach(
+    conn: &mut Connection,
+    user: &str,
+    audience: &Audience,
+) -> Result<Vec<String>, StoreError> {
+    Ok(read(conn, |tx| match audience {
+        Audience::Group(gid) => {
+            member_of(tx, user, *gid)?;
+            let members = tx
+                .prepare_cached(
+                    "SELECT p.name FROM users AS u CROSS JOIN members AS m
+                     CROSS JOIN users AS p ON p.uid = m.uid
+                     WHERE u.name = ?1 AND m.gid = ?2 AND m.uid <> u.uid
+                       AND NOT EXISTS(SELECT 1 FROM blocks WHERE blocker = u.uid AND blocked = m.uid)
+                       AND NOT EXISTS(SELECT 1 FROM blocks WHERE blocker = m.uid AND blocked = u.uid)
+                     ORDER BY m.joined, m.uid",
+                )?
+                .query_map(params![user, *gid as i64], |row| row.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(members)
+        }
+        Audience::Users(peers) => {
+            let Some(uid) = uid_of(tx, user)? else {
+                // A user with no row has no conversation with anyone.
+                return Ok(peers.iter().filter(|p| *p == user).cloned().collect());
+            };
+            let mut reachable = Vec::new();
+            for peer in peers {
+                if reachable.contains(peer) {
+                    continue;
+                }
+                if peer == user || shares_a_conversation(tx, uid, user, peer)? {
+                    reachable.push(peer.clone());
+                }
+            }
+            Ok(reachable)
+        }
+    })?)
+}
+
+/// A dm with a message in it, or a group both are members of now, and no block either way.
+fn shares_a_conversation(
+    tx: &Transaction<'_>,
+    uid: i64,
+    user: &str,
+    peer: &str,
+) -> Result<bool, Fail> {
+    let Some(peer_uid) = uid_of(tx, peer)? else {
+        return Ok(false);
+    };
+    if blocks::between(tx, uid, peer_uid)? {
+        return Ok(false);
+    }
+    // Both sides get their `convs` row with the first message of a dm.
+    let dm = tx
+        .prepare_cached("SELECT 1 FROM convs WHERE uid = ?1 AND conv = ?2")?
+        .query_row(params![uid, dm_conv(user, peer)], |_| Ok(()))
+        .optional()?
+        .is_some();
+    if dm {
+        return Ok(true);
+    }
+    let group = tx
+        .prepare_cached(
+            "SELECT 1 FROM members AS a CROSS JOIN members AS b ON b.gid = a.gid AND b.uid = ?2
+             WHERE a.uid = ?1 LIMIT 1",
+        )?
+        .query_row(params![uid, peer_uid], |_| Ok(()))
+        .optional()?
+        .is_some();
+    Ok(group)
 }
 
 /// Refuses unless group `gid` exists and `user` is one of its members now.

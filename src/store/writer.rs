@@ -28,6 +28,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::blocks;
 use super::budget::{Budget, Budgets};
 use super::checkpoint;
 use super::conv::{self, KnownDms};
@@ -256,6 +257,10 @@ fn preload(conn: &Connection, users: &mut Users, job: &Job) -> rusqlite::Result<
             load(sender)?;
             load(to)
         }
+        Job::Block { user, peer, .. } => {
+            load(user)?;
+            load(peer)
+        }
         Job::GroupSend { sender: user, .. }
         | Job::Recall { user, .. }
         | Job::GroupLeave { user, .. } => load(user),
@@ -278,7 +283,12 @@ fn preload(conn: &Connection, users: &mut Users, job: &Job) -> rusqlite::Result<
             load(user)?;
             members.iter().try_for_each(|m| load(m))
         }
-        Job::Page { .. } | Job::Convs { .. } | Job::History { .. } | Job::Members { .. } => Ok(()),
+        Job::Page { .. }
+        | Job::Convs { .. }
+        | Job::History { .. }
+        | Job::Members { .. }
+        | Job::Blocked { .. }
+        | Job::Reach { .. } => Ok(()),
     }
 }
 
@@ -382,9 +392,30 @@ fn apply(
         Job::GroupLeave { user, gid, ts, .. } => {
             groups::leave(conn, users, &mut memory.groups, user, *gid, *ts)
         }
-        Job::Page { .. } | Job::Convs { .. } | Job::History { .. } | Job::Members { .. } => Err(
-            Fail::Rejected(StoreError::Internal("read job routed to the writer".into())),
+        Job::Block {
+            user,
+            peer,
+            block,
+            ts,
+            ..
+        } => blocks::set(
+            conn,
+            users,
+            &mut memory.dms,
+            &mut memory.budgets,
+            user,
+            peer,
+            *block,
+            *ts,
         ),
+        Job::Page { .. }
+        | Job::Convs { .. }
+        | Job::History { .. }
+        | Job::Members { .. }
+        | Job::Blocked { .. }
+        | Job::Reach { .. } => Err(Fail::Rejected(StoreError::Internal(
+            "read job routed to the writer".into(),
+        ))),
     }
 }
 
@@ -406,6 +437,15 @@ fn send(
     if sender.is_empty() || to.is_empty() {
         return Err(Fail::invalid("empty user id"));
     }
+    if let (Some(s), Some(r)) = (users.find(sender), users.find(to)) {
+        if s != r && !memory.dms.known(s, r) && blocks::between(conn, users.uid(s), users.uid(r))? {
+            // A resend of what went through before the block still gets its `sent`.
+            return match events::by_cid(conn, users.uid(s), cid)? {
+                Some(original) => Ok(resent(original)),
+                None => Err(Fail::forbidden("cannot reach this user")),
+            };
+        }
+    }
     let invents = u32::from(to != sender && users.find(to).is_none());
     memory
         .budgets
@@ -416,14 +456,7 @@ fn send(
     let conv = dm_conv(sender, to);
     let Some(mid) = insert_message(conn, &conv, users.uid(s), cid, kind, body, ts, sender_seq)?
     else {
-        return duplicate(conn, users.uid(s), cid).map(|d| Outcome::Duplicate {
-            mid: d.mid,
-            conv: d.conv,
-            ts: d.ts,
-            sender_seq: d.sender_seq,
-            kind: d.kind,
-            body: d.body,
-        });
+        return duplicate(conn, users.uid(s), cid).map(resent);
     };
     let mut inbox = conn.prepare_cached("INSERT INTO inbox(uid, seq, mid) VALUES (?1, ?2, ?3)")?;
     users.bump(s);
@@ -446,6 +479,18 @@ fn send(
         sender_seq,
         recipient_seq,
     })
+}
+
+/// The answer to a resent dm: the original, whatever the resend says.
+fn resent(original: events::Stored) -> Outcome {
+    Outcome::Duplicate {
+        mid: original.mid,
+        conv: original.conv,
+        ts: original.ts,
+        sender_seq: original.sender_seq,
+        kind: original.kind,
+        body: original.body,
+    }
 }
 
 /// Inserts a client's message; `None` when its `(sender, cid)` is already stored.

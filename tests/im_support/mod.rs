@@ -558,6 +558,21 @@ impl Client {
         self.send_text(&value.to_string());
     }
 
+    /// Sends `request` with `rid` and returns its one reply, and what arrived before it
+    /// (pushes, relays, presence), in order.
+    pub fn call(&mut self, mut request: Value, rid: &str) -> (Value, Vec<Value>) {
+        request["rid"] = json!(rid);
+        self.send(request);
+        let mut before = Vec::new();
+        loop {
+            let value = self.next_json();
+            if value["rid"] == rid {
+                return (value, before);
+            }
+            before.push(value);
+        }
+    }
+
     pub fn send_text(&mut self, text: &str) {
         self.ws
             .send(Message::Text(text.to_owned()))

@@ -143,6 +143,31 @@ test('typing goes out at most once per 3 s per target', () => {
   assert.deepEqual(h.named('typing'), [{ type: 'typing', conv: 'dm:alice:bob', from: 'bob' }]);
 });
 
+test('a typing refused as out of reach is not reported', async () => {
+  const h = harness();
+  h.online();
+  h.client.typing('user:stranger');
+  const sent = h.ws.lastOf('typing');
+  h.ws.receive({ type: 'error', code: 'forbidden', message: 'cannot reach this user', rid: sent.rid });
+  await Promise.resolve();
+  assert.deepEqual(h.named('error'), []);
+});
+
+test('block, unblock and the block list are requests answered by the server', async () => {
+  const h = harness();
+  h.online();
+  const blocking = h.client.block('mallory');
+  assert.deepEqual({ ...h.ws.lastOf('block'), rid: undefined }, { type: 'block', user: 'mallory', rid: undefined });
+  h.ws.receive({ type: 'ok', rid: h.ws.lastOf('block').rid });
+  assert.equal((await blocking).type, 'ok');
+  const list = h.client.blocked();
+  h.ws.receive({ type: 'blocked', users: ['mallory'], rid: h.ws.lastOf('blocked').rid });
+  assert.deepEqual(await list, ['mallory']);
+  const unblocking = h.client.unblock('mallory');
+  h.ws.receive({ type: 'ok', rid: h.ws.lastOf('unblock').rid });
+  await unblocking;
+});
+
 test('an error that answers nothing of ours is reported as an error event', () => {
   const h = harness();
   h.online();

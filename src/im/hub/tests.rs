@@ -14,7 +14,7 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use serde_json::{json, Value};
 
 use super::{Action, ConnKey, Hub, HubConfig, Now, ACK_TIMEOUT, POLICY, SERVER_ERROR};
-use crate::store::{dm_conv, Completion, Entry, GroupInfo, Job, Page, Sent, StoreError};
+use crate::store::{dm_conv, Audience, Completion, Entry, GroupInfo, Job, Page, Sent, StoreError};
 
 /// Monotonic start time: far from 0 and from a power of two, so nothing passes by accident
 /// because a deadline happens to sit on a timer-wheel slot boundary.
@@ -34,6 +34,10 @@ struct FakeStore {
     inboxes: HashMap<String, Vec<Entry>>,
     by_cid: HashMap<(String, String), Sent>,
     next_mid: u64,
+    /// `(blocker, blocked)`, oldest first.
+    blocks: Vec<(String, String)>,
+    /// Group members, for `Job::Reach`.
+    groups: HashMap<u64, Vec<String>>,
 }
 
 impl FakeStore {
@@ -54,6 +58,25 @@ impl FakeStore {
     }
 
     /// History from before the hub started: `n` messages from `zed` in `user`'s inbox.
+    /// A dm between `a` and `b` with one message in it, so each is within the other's reach.
+    fn converse(&mut self, a: &str, b: &str) {
+        self.next_mid += 1;
+        let entry = Entry {
+            seq: 0,
+            mid: self.next_mid,
+            conv: dm_conv(a, b),
+            from: a.into(),
+            cid: format!("hello-{}", self.next_mid),
+            body: "hello".into(),
+            kind: "text".into(),
+            ts: WALL0 - 1,
+            ref_mid: None,
+            recalled: false,
+        };
+        self.append(a, entry.clone());
+        self.append(b, entry);
+    }
+
     fn seed(&mut self, user: &str, n: u64) {
         for i in 0..n {
             self.next_mid += 1;
@@ -74,8 +97,86 @@ impl FakeStore {
     }
 
     /// Commits a send or takes a page snapshot, as the writer or a reader would.
+    fn blocked_between(&self, a: &str, b: &str) -> bool {
+        self.blocks
+            .iter()
+            .any(|(x, y)| (x == a && y == b) || (x == b && y == a))
+    }
+
+    /// As the real reader: a dm with a message, or a group in common, and no block.
+    fn reachable(&self, user: &str, peer: &str) -> bool {
+        if user == peer {
+            return true;
+        }
+        let dm = dm_conv(user, peer);
+        let talked = self
+            .inboxes
+            .get(user)
+            .is_some_and(|inbox| inbox.iter().any(|e| e.conv == dm));
+        let grouped = self
+            .groups
+            .values()
+            .any(|m| m.iter().any(|x| x == user) && m.iter().any(|x| x == peer));
+        (talked || grouped) && !self.blocked_between(user, peer)
+    }
+
     fn execute(&mut self, job: &Job) -> Completion {
         match job.clone() {
+            Job::Reach {
+                tag,
+                user,
+                audience,
+            } => {
+                let result = match audience {
+                    Audience::Users(peers) => {
+                        let mut reachable: Vec<String> = Vec::new();
+                        for peer in peers {
+                            if !reachable.contains(&peer) && self.reachable(&user, &peer) {
+                                reachable.push(peer);
+                            }
+                        }
+                        Ok(reachable)
+                    }
+                    Audience::Group(gid) => match self.groups.get(&gid) {
+                        None => Err(StoreError::NotFound("no such group")),
+                        Some(m) if !m.contains(&user) => {
+                            Err(StoreError::Forbidden("not a member of this group"))
+                        }
+                        Some(m) => Ok(m
+                            .iter()
+                            .filter(|x| **x != user && !self.blocked_between(&user, x))
+                            .cloned()
+                            .collect()),
+                    },
+                };
+                Completion::Reach { tag, result }
+            }
+            Job::Block {
+                tag,
+                user,
+                peer,
+                block,
+                ..
+            } => {
+                let pair = (user, peer);
+                self.blocks.retain(|p| *p != pair);
+                if block {
+                    self.blocks.push(pair);
+                }
+                Completion::Block {
+                    tag,
+                    result: Ok(()),
+                }
+            }
+            Job::Blocked { tag, user } => Completion::BlockList {
+                tag,
+                result: Ok(self
+                    .blocks
+                    .iter()
+                    .filter(|(x, _)| *x == user)
+                    .map(|(_, y)| y.clone())
+                    .collect()),
+            },
             Job::Send {
                 tag,
                 sender,
@@ -2606,11 +2707,14 @@ fn a_refused_or_failed_sync_does_not_hold_later_sends() {
 #[test]
 fn watchers_hear_of_the_first_connection_and_the_last_close_only() {
     let mut h = Harness::new(HubConfig::default());
+    h.store.converse("ann", "bob");
+    h.store.converse("cat", "ann");
     h.connect(1, "ann");
-    let out = h.req(
+    h.req(
         1,
         json!({"type": "watch", "users": ["bob", "bob", "cat"], "rid": 9}),
     );
+    let out = h.complete();
     let states: Vec<(Value, Value)> = out
         .typed(1, "presence")
         .iter()
@@ -2634,6 +2738,7 @@ fn watchers_hear_of_the_first_connection_and_the_last_close_only() {
 
     // A new list replaces the old; a closed watcher is forgotten.
     h.req(1, json!({"type": "watch", "users": ["cat"]}));
+    h.complete();
     assert!(h.connect(4, "bob").typed(1, "presence").is_empty());
     h.disconnect(1);
     assert!(h.connect(5, "cat").typed(1, "presence").is_empty());
@@ -2643,22 +2748,29 @@ fn watchers_hear_of_the_first_connection_and_the_last_close_only() {
 #[test]
 fn typing_is_relayed_to_the_peers_connections_and_throttled() {
     let mut h = Harness::new(HubConfig::default());
+    h.store.converse("ann", "bob");
     h.connect(1, "ann");
     h.connect(2, "ann");
     h.connect(3, "bob");
-    let out = h.req(1, json!({"type": "typing", "to": "user:bob", "rid": 1}));
+    h.req(1, json!({"type": "typing", "to": "user:bob", "rid": 1}));
+    assert!(
+        matches!(h.queue.front(), Some(Job::Reach { user, .. }) if user == "ann"),
+        "a read of whom ann may reach, never a write: {:?}",
+        h.queue
+    );
+    let out = h.complete();
     assert_eq!(out.one(3, "typing")["conv"], "dm:ann:bob");
     assert!(
         out.typed(2, "typing").is_empty(),
         "not to the typist's own devices"
     );
-    assert!(h.queue.is_empty(), "typing is never stored");
+    assert_eq!(out.one(1, "ok")["rid"], 1);
     let out = h.req(1, json!({"type": "typing", "to": "user:bob", "rid": 2}));
     assert_error(out.one(1, "error"), "rate_limited", None, Some(json!(2)));
-    assert!(out.typed(3, "typing").is_empty());
+    assert!(h.queue.is_empty());
     h.set_time(T0 + 300);
-    let out = h.req(1, json!({"type": "typing", "to": "user:bob"}));
-    assert_eq!(out.typed(3, "typing").len(), 1);
+    h.req(1, json!({"type": "typing", "to": "user:bob"}));
+    assert_eq!(h.complete().typed(3, "typing").len(), 1);
 }
 
 #[test]
@@ -2932,6 +3044,21 @@ fn team(gid: u64, members: &[&str]) -> GroupInfo {
     }
 }
 
+/// Answers the oldest pending job, which must be a `Reach` of group `gid`, with `result`.
+fn answer_reach(h: &mut Harness, gid: u64, result: Result<Vec<String>, StoreError>) -> Out {
+    let job = h.take();
+    let Job::Reach {
+        tag,
+        audience: Audience::Group(asked),
+        ..
+    } = job
+    else {
+        panic!("expected a reach job, got {job:?}");
+    };
+    assert_eq!(asked, gid);
+    h.deliver(Completion::Reach { tag, result })
+}
+
 /// Answers the oldest pending job, which must be a `Members` for `gid`, with `result`.
 fn answer_members(h: &mut Harness, gid: u64, result: Result<GroupInfo, StoreError>) -> Out {
     let job = h.take();
@@ -2982,19 +3109,24 @@ fn group_info_answers_a_member_with_the_whole_group_and_refuses_others() {
 }
 
 #[test]
-fn typing_in_a_group_still_reaches_the_members_the_store_names() {
-    // The same store read answers `typing` and `group_info`: each goes where it belongs.
+fn typing_in_a_group_reaches_the_members_the_store_names_then_is_answered() {
     let mut h = Harness::new(HubConfig::default());
     h.connect(1, "ann");
     h.connect(2, "bob");
+    h.connect(3, "cat");
     let out = h.req(1, json!({"type": "typing", "to": "group:7", "rid": 1}));
-    assert_eq!(out.types(1), ["ok"]);
-    let out = answer_members(&mut h, 7, Ok(team(7, &["ann", "bob"])));
+    assert!(out.frames(1).is_empty(), "answered once it is relayed");
+    // The store leaves out members with a block between them and the typist (cat).
+    let out = answer_reach(&mut h, 7, Ok(vec!["bob".into()]));
     assert_eq!(out.one(2, "typing")["conv"], "group:7");
-    assert!(
-        out.frames(1).is_empty(),
-        "no group reply to the typist: {out:#?}"
-    );
+    assert!(out.frames(3).is_empty());
+    assert_eq!(out.types(1), ["ok"]);
+
+    h.set_time(T0 + 300);
+    h.req(1, json!({"type": "typing", "to": "group:8", "rid": 2}));
+    let forbidden = StoreError::Forbidden("not a member of this group");
+    let out = answer_reach(&mut h, 8, Err(forbidden));
+    assert_error(out.one(1, "error"), "forbidden", None, Some(json!(2)));
 }
 
 #[test]
@@ -3278,4 +3410,196 @@ fn connections_being_greeted_count_against_their_user() {
     let completion = h.run(&read);
     let out = h.deliver(completion);
     assert_eq!(out.types(1), ["welcome", "pong"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Who may reach whom: blocks, and presence and typing only within a conversation
+// ---------------------------------------------------------------------------------------
+
+/// The presence frames `conn` got, as `(user, online)`.
+fn presences(out: &Out, conn: ConnKey) -> Vec<(String, bool)> {
+    out.typed(conn, "presence")
+        .iter()
+        .map(|p| (p["user"].as_str().unwrap().to_owned(), p["online"] == true))
+        .collect()
+}
+
+#[test]
+fn a_watched_stranger_reports_nothing_until_a_first_dm_brings_them_within_reach() {
+    let mut h = Harness::new(HubConfig::default());
+    h.connect(1, "ann");
+    h.connect(2, "bob");
+    h.req(1, json!({"type": "watch", "users": ["bob"], "rid": "w"}));
+    let out = h.complete();
+    assert_eq!(out.types(1), ["ok"], "nothing about a stranger: {out:#?}");
+    assert!(h.disconnect(2).frames(1).is_empty());
+    assert!(h.connect(3, "bob").frames(1).is_empty());
+
+    // The first message between them: bob is watched from now on, without a new `watch`.
+    let out = h.commit(3, "ann", "hi");
+    assert_eq!(presences(&out, 1), [("bob".to_owned(), true)]);
+    assert_eq!(presences(&h.disconnect(3), 1), [("bob".to_owned(), false)]);
+}
+
+#[test]
+fn a_group_in_common_brings_wanted_users_within_reach_unless_a_block_stands() {
+    let mut h = Harness::new(HubConfig::default());
+    h.connect(1, "ann");
+    h.connect(2, "cat");
+    h.connect(3, "dan");
+    h.store.blocks.push(("dan".into(), "ann".into()));
+    h.req(1, json!({"type": "watch", "users": ["cat", "dan"]}));
+    assert!(presences(&h.complete(), 1).is_empty());
+
+    // ann makes a group with both; the store says who is within reach now.
+    h.req(
+        1,
+        json!({"type": "group_create", "name": "t", "members": ["cat", "dan"]}),
+    );
+    let Job::GroupCreate { tag, .. } = h.take() else {
+        panic!("a group_create job");
+    };
+    h.store
+        .groups
+        .insert(7, vec!["ann".into(), "cat".into(), "dan".into()]);
+    let change = crate::store::GroupChange {
+        gid: 7,
+        name: "t".into(),
+        owner: Some("ann".into()),
+        members: vec!["ann".into(), "cat".into(), "dan".into()],
+        event: Some(Sent {
+            mid: 50,
+            conv: "group:7".into(),
+            ts: WALL0,
+            sender_seq: 1,
+            duplicate: false,
+            deliveries: vec![("ann".into(), 1), ("cat".into(), 1), ("dan".into(), 1)],
+            from: "ann".into(),
+            cid: "group:7:1".into(),
+            body: String::new(),
+            kind: "group".into(),
+        }),
+    };
+    h.deliver(Completion::Group {
+        tag,
+        result: Ok(change),
+    });
+    let out = h.settle();
+    assert_eq!(
+        presences(&out, 1),
+        [("cat".to_owned(), true)],
+        "dan blocks ann: still nothing about dan"
+    );
+}
+
+#[test]
+fn a_block_cuts_presence_both_ways_as_if_the_other_went_offline() {
+    let mut h = Harness::new(HubConfig::default());
+    h.store.converse("ann", "bob");
+    h.connect(1, "ann");
+    h.connect(2, "bob");
+    h.req(1, json!({"type": "watch", "users": ["bob"]}));
+    assert_eq!(presences(&h.complete(), 1), [("bob".to_owned(), true)]);
+    h.req(2, json!({"type": "watch", "users": ["ann"]}));
+    assert_eq!(presences(&h.complete(), 2), [("ann".to_owned(), true)]);
+
+    h.req(2, json!({"type": "block", "user": "ann", "rid": "b"}));
+    assert!(
+        matches!(h.queue.front(), Some(Job::Block { user, peer, block: true, .. })
+            if user == "bob" && peer == "ann"),
+        "a stored block: {:?}",
+        h.queue
+    );
+    let out = h.complete();
+    assert_eq!(out.one(2, "ok")["rid"], "b");
+    assert_eq!(presences(&out, 1), [("bob".to_owned(), false)]);
+    assert_eq!(presences(&out, 2), [("ann".to_owned(), false)]);
+    // From now on neither hears of the other, and ann cannot reach bob by typing.
+    assert!(h.disconnect(2).frames(1).is_empty());
+    h.connect(3, "bob");
+    h.req(1, json!({"type": "typing", "to": "user:bob", "rid": "t"}));
+    let out = h.complete();
+    assert_error(out.one(1, "error"), "forbidden", None, Some(json!("t")));
+    assert!(out.frames(3).is_empty());
+
+    // The list, on request; an unblock stores the change.
+    h.req(3, json!({"type": "blocked", "rid": "l"}));
+    let out = h.complete();
+    assert_eq!(
+        *out.one(3, "blocked"),
+        json!({"type": "blocked", "rid": "l", "users": ["ann"]})
+    );
+    h.req(3, json!({"type": "unblock", "user": "ann"}));
+    assert!(matches!(
+        h.queue.front(),
+        Some(Job::Block { block: false, .. })
+    ));
+    h.complete();
+    assert!(h.store.blocks.is_empty());
+}
+
+#[test]
+fn typing_to_a_stranger_and_to_a_blocker_get_the_same_answer() {
+    let mut h = Harness::new(HubConfig::default());
+    h.store.converse("ann", "bob");
+    h.store.blocks.push(("bob".into(), "ann".into()));
+    h.connect(1, "ann");
+    h.connect(2, "bob");
+    h.connect(3, "cat");
+    h.req(1, json!({"type": "typing", "to": "user:bob", "rid": 1}));
+    let blocked = h.complete();
+    h.set_time(T0 + 300);
+    h.req(1, json!({"type": "typing", "to": "user:cat", "rid": 1}));
+    let stranger = h.complete();
+    assert_eq!(blocked.frames(1), stranger.frames(1));
+    assert_error(blocked.one(1, "error"), "forbidden", None, Some(json!(1)));
+    assert!(blocked.frames(2).is_empty() && stranger.frames(3).is_empty());
+}
+
+#[test]
+fn block_requests_are_checked_ordered_behind_writes_and_refused_while_stopping() {
+    let mut h = Harness::new(HubConfig::default());
+    h.connect(1, "ann");
+    for bad in [
+        json!({"type": "block"}),
+        json!({"type": "block", "user": ""}),
+        json!({"type": "unblock", "user": "a b"}),
+        json!({"type": "block", "user": 7}),
+    ] {
+        let out = h.req(1, bad.clone());
+        assert_eq!(out.one(1, "error")["code"], "bad_request", "{bad}");
+        assert!(h.queue.is_empty(), "{bad} reached the store");
+    }
+    // A `blocked` sees the block before it; a watch sees both.
+    h.req(1, json!({"type": "block", "user": "bob"}));
+    h.req(1, json!({"type": "blocked", "rid": "l"}));
+    h.req(1, json!({"type": "watch", "users": ["bob"]}));
+    assert_eq!(h.queue.len(), 1, "the reads wait: {:?}", h.queue);
+    let out = h.settle();
+    assert_eq!(out.one(1, "blocked")["users"], json!(["bob"]));
+
+    h.call(|hub, _, out| hub.shutdown(out));
+    for request in [
+        json!({"type": "block", "user": "cat", "rid": 1}),
+        json!({"type": "blocked", "rid": 1}),
+        json!({"type": "watch", "users": ["cat"], "rid": 1}),
+    ] {
+        let out = h.req(1, request.clone());
+        assert_error(out.one(1, "error"), "unavailable", None, Some(json!(1)));
+    }
+}
+
+#[test]
+fn typing_right_after_a_first_message_waits_for_it_and_goes_through() {
+    let mut h = Harness::new(HubConfig::default());
+    h.connect(1, "ann");
+    h.connect(2, "bob");
+    h.send(1, "bob", "first");
+    h.req(1, json!({"type": "typing", "to": "user:bob", "rid": "t"}));
+    assert_eq!(h.queue.len(), 1, "typing waits for the send: {:?}", h.queue);
+    h.complete_send();
+    assert!(matches!(h.queue.front(), Some(Job::Reach { .. })));
+    let out = h.complete();
+    assert_eq!(out.one(2, "typing")["from"], "ann");
+    assert_eq!(out.one(1, "ok")["rid"], "t");
 }
