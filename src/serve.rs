@@ -421,7 +421,7 @@ impl Service for Server {
         };
         // Every endpoint obeys the same admission rules: an open one would be a way round
         // them (an anonymous echo client pins memory and slots like any other).
-        if !forwarded::origin_allowed(&self.origins, upgrade.origin()) {
+        if !forwarded::origin_allowed(&self.origins, request.headers_named("origin")) {
             handshake::write_response(
                 response,
                 403,
@@ -434,7 +434,7 @@ impl Service for Server {
         }
         let client = self
             .trusted_proxies
-            .client(peer, request.header("x-forwarded-for"));
+            .client(peer, request.headers_named("x-forwarded-for"));
         let held = self
             .per_address
             .get(&address_key(client))
