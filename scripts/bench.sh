@@ -73,7 +73,8 @@ courier="$target_dir/release/courier"
 bench="$target_dir/release/courier-bench"
 charts=benchmarks
 [ "$write" = 1 ] || charts=""
-secret="courier-bench-$(date +%s)-$$"
+# 32 random bytes as hex: courier refuses an HS256 secret under 32 bytes.
+secret=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
 # Group fan-out load: one sender keeping 64 group messages in flight (the shape that gives
 # the server's best figure here; more senders or a shallower pipeline give less).
 fan_members=1000

@@ -41,7 +41,8 @@ client_core=${CLIENT_CORE:-1}
 users=${USERS:-1000}
 bench=${CARGO_TARGET_DIR:-target}/release/courier-bench
 [ -x "$bench" ] || cargo build --release --bin courier-bench
-secret=im-ab-$RANDOM$RANDOM
+# 32 random bytes as hex: courier refuses an HS256 secret under 32 bytes.
+secret=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/courier-im-ab.XXXXXX")
 server_pid=""

@@ -72,7 +72,22 @@ pub const SERVE_FLAGS: &[Flag] = &[
     Flag {
         name: "jwt-secret",
         default: "",
-        help: "HS256 secret that signs access tokens (required unless --dev-login on)",
+        help: "HS256 secret that signs access tokens, at least 32 bytes (make one with `courier secret`); required, except with --dev-login on, which refuses it",
+    },
+    Flag {
+        name: "max-token-ttl",
+        default: "off",
+        help: "refuse (401) a token whose exp is further out than now plus this (e.g. 24h; 30s of leeway); off: any exp",
+    },
+    Flag {
+        name: "token-audience",
+        default: "",
+        help: "when set, a token's aud (a string, or an array of strings) must hold exactly this (401 otherwise)",
+    },
+    Flag {
+        name: "token-issuer",
+        default: "",
+        help: "when set, a token's iss must be exactly this (401 otherwise)",
     },
     Flag {
         name: "heartbeat",
@@ -177,7 +192,17 @@ pub const SERVE_FLAGS: &[Flag] = &[
     Flag {
         name: "dev-login",
         default: "off",
-        help: "on: a random secret kept in the data folder and GET /dev/token?user=NAME (local tries only)",
+        help: "on: anyone may get a token for any user at GET /dev/token?user=NAME, signed with a random secret kept in the data folder (local tries only; refused with --jwt-secret, and unless --listen is loopback)",
+    },
+    Flag {
+        name: "dev-login-public",
+        default: "off",
+        help: "on: allow --dev-login on with a --listen that is not a loopback address (anyone who reaches it signs in as anyone)",
+    },
+    Flag {
+        name: "metrics-listen",
+        default: "",
+        help: "a second address serving /metrics and /healthz only (plain HTTP); when set, --listen answers 404 for /metrics",
     },
     Flag {
         name: "echo",
@@ -196,7 +221,17 @@ pub const TOKEN_FLAGS: &[Flag] = &[
     Flag {
         name: "jwt-secret",
         default: "",
-        help: "HS256 secret that signs access tokens",
+        help: "HS256 secret that signs access tokens, at least 32 bytes (the server's)",
+    },
+    Flag {
+        name: "token-audience",
+        default: "",
+        help: "aud claim to write (the server's --token-audience)",
+    },
+    Flag {
+        name: "token-issuer",
+        default: "",
+        help: "iss claim to write (the server's --token-issuer)",
     },
     Flag {
         name: "ttl",
@@ -364,6 +399,29 @@ impl Values {
         })
     }
 
+    /// A duration in milliseconds, or `off` (returned as `None`).
+    pub fn millis_or_off(&self, name: &str) -> Result<Option<u64>, String> {
+        if self.raw(name) == "off" {
+            return Ok(None);
+        }
+        self.millis(name).map(Some)
+    }
+
+    /// An address, or nothing when the value is empty.
+    pub fn optional_addr(&self, name: &str) -> Result<Option<SocketAddr>, String> {
+        if self.raw(name).is_empty() {
+            return Ok(None);
+        }
+        self.addr(name).map(Some)
+    }
+
+    /// A string, or nothing when the value is empty.
+    pub fn optional(&self, name: &str) -> Option<String> {
+        Some(self.raw(name))
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    }
+
     /// A byte count: `65536`, `64KiB`, `16MiB`, `1GiB` (K, M, G are binary too).
     pub fn bytes(&self, name: &str) -> Result<usize, String> {
         let raw = self.raw(name);
@@ -425,6 +483,10 @@ pub struct NetConfig {
     pub message_timeout_ms: u64,
     pub out_soft_cap: usize,
     pub out_hard_cap: usize,
+    /// A second listener whose connections get plain HTTP only, answered by
+    /// [`Service::metrics_http`](crate::net::Service::metrics_http): no upgrade, so
+    /// whoever reaches it reaches no IM. `courier serve --metrics-listen`; `None`: none.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// File descriptors kept back from `--max-connections auto` for the listener, the poll
@@ -446,6 +508,7 @@ impl NetConfig {
             message_timeout_ms: values.millis("message-timeout")?,
             out_soft_cap: values.bytes("out-soft-cap")?,
             out_hard_cap: values.bytes("out-hard-cap")?,
+            metrics_listen: None,
         };
         if config.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
@@ -557,6 +620,44 @@ mod tests {
         let config =
             NetConfig::from_values(&values(&["--max-connections", "7"], &no_env), 20_000).unwrap();
         assert_eq!(config.max_connections, 7);
+    }
+
+    #[test]
+    fn off_durations_and_empty_addresses_are_none() {
+        let serve =
+            |list: &[&str]| match parse(&args(list), &[NET_FLAGS, SERVE_FLAGS], &no_env).unwrap() {
+                Parsed::Run(values, _) => values,
+                Parsed::Help => panic!("help"),
+            };
+        let v = serve(&[]);
+        assert_eq!(v.millis_or_off("max-token-ttl"), Ok(None));
+        assert_eq!(v.optional_addr("metrics-listen"), Ok(None));
+        assert_eq!(v.optional("token-audience"), None);
+        let v = serve(&[
+            "--max-token-ttl",
+            "1h",
+            "--metrics-listen",
+            "127.0.0.1:9100",
+            "--token-issuer",
+            "https://login.example",
+        ]);
+        assert_eq!(v.millis_or_off("max-token-ttl"), Ok(Some(3_600_000)));
+        assert_eq!(
+            v.optional_addr("metrics-listen"),
+            Ok(Some("127.0.0.1:9100".parse().unwrap()))
+        );
+        assert_eq!(
+            v.optional("token-issuer").as_deref(),
+            Some("https://login.example")
+        );
+        let v = serve(&[
+            "--max-token-ttl",
+            "forever",
+            "--metrics-listen",
+            "localhost",
+        ]);
+        assert!(v.millis_or_off("max-token-ttl").is_err());
+        assert!(v.optional_addr("metrics-listen").is_err());
     }
 
     #[test]

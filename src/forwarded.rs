@@ -50,18 +50,30 @@ impl TrustedProxies {
 
     /// The client's address: the TCP peer, unless the peer is a trusted proxy; then the
     /// nearest address in `X-Forwarded-For` (read right to left, the order proxies append
-    /// in) that is not itself a trusted proxy. A header that does not parse is ignored.
-    pub fn client(&self, peer: SocketAddr, forwarded_for: Option<&[u8]>) -> IpAddr {
+    /// in) that is not itself a trusted proxy. Walking stops at an element that is not an
+    /// address; the client is then the last address reached (the peer, at worst).
+    ///
+    /// `lines` are every `X-Forwarded-For` header line in the order received. They are one
+    /// comma-separated list (RFC 9110 §5.3), as nginx's realip module reads them: a proxy
+    /// that appends a line of its own (HAProxy's `option forwardfor`) puts the address it
+    /// saw last, and reading only the first line would believe the one the client wrote.
+    pub fn client<'a>(
+        &self,
+        peer: SocketAddr,
+        lines: impl DoubleEndedIterator<Item = &'a [u8]>,
+    ) -> IpAddr {
         let peer_ip = peer.ip();
         if !self.contains(peer_ip) {
             return peer_ip;
         }
-        let Some(header) = forwarded_for.and_then(|h| std::str::from_utf8(h).ok()) else {
-            return peer_ip;
-        };
         let mut client = peer_ip;
-        for hop in header.rsplit(',') {
-            let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+        // Per element, not per line: garbage the client wrote further left cannot hide
+        // the addresses the proxies appended to its right.
+        for hop in lines.rev().flat_map(|line| line.rsplit(|&b| b == b',')) {
+            let Some(ip) = std::str::from_utf8(hop)
+                .ok()
+                .and_then(|hop| hop.trim().parse::<IpAddr>().ok())
+            else {
                 break;
             };
             client = ip;
@@ -95,14 +107,20 @@ fn in_net(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
     }
 }
 
-/// Whether a browser's `Origin` is on the `--origin` allow-list. An empty list allows
-/// every origin. A request without `Origin` is not from a browser page (browsers always
-/// send it on WebSocket upgrades), and the allow-list exists to stop other sites' pages
-/// from using a visitor's credentials, so it is let through.
-pub fn origin_allowed(allowed: &[String], origin: Option<&[u8]>) -> bool {
-    let Some(origin) = origin else {
+/// Whether a browser's `Origin` is on the `--origin` allow-list; `lines` are every `Origin`
+/// header line of the request. An empty list allows every origin. A request without
+/// `Origin` is not from a browser page (browsers always send it on WebSocket upgrades),
+/// and the allow-list exists to stop other sites' pages from using a visitor's
+/// credentials, so it is let through. A request with two `Origin` lines is refused, list
+/// or not: RFC 6454 §7.3 gives a user agent one origin to send, so two come from no
+/// browser, and a proxy in front may have judged the other one.
+pub fn origin_allowed<'a>(allowed: &[String], mut lines: impl Iterator<Item = &'a [u8]>) -> bool {
+    let Some(origin) = lines.next() else {
         return true;
     };
+    if lines.next().is_some() {
+        return false;
+    }
     if allowed.is_empty() {
         return true;
     }
@@ -125,29 +143,77 @@ mod tests {
         SocketAddr::new(ip.parse().unwrap(), 4000)
     }
 
+    fn lines<'a>(list: &'a [&'a str]) -> impl DoubleEndedIterator<Item = &'a [u8]> {
+        list.iter().map(|l| l.as_bytes())
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// HAProxy's `option forwardfor` adds a line of its own after the client's: the lines
+    /// are one list, so the address the proxy saw is the one believed.
+    #[test]
+    fn every_forwarded_for_line_is_one_list_in_order() {
+        let trusted = proxies(&["10.0.0.0/8"]);
+        let at = |xff: &[&str]| trusted.client(peer("10.0.0.1"), lines(xff));
+        assert_eq!(at(&["6.6.6.6", "198.51.100.7"]), ip("198.51.100.7"));
+        assert_eq!(
+            at(&["6.6.6.6, 7.7.7.7", "198.51.100.7"]),
+            ip("198.51.100.7")
+        );
+        // Two proxies, each appending a line: the walk crosses line boundaries.
+        assert_eq!(
+            at(&["6.6.6.6", "198.51.100.7", "10.9.9.9"]),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            at(&["6.6.6.6", "198.51.100.7, 10.2.2.2", "10.9.9.9"]),
+            ip("198.51.100.7")
+        );
+        // What the client wrote left of the proxy's line never matters, however broken.
+        assert_eq!(at(&["garbage", "198.51.100.7"]), ip("198.51.100.7"));
+        assert_eq!(at(&["", "198.51.100.7"]), ip("198.51.100.7"));
+        let not_utf8: [&[u8]; 2] = [b"\xff\xfe", b"198.51.100.7"];
+        assert_eq!(
+            trusted.client(peer("10.0.0.1"), not_utf8.into_iter()),
+            ip("198.51.100.7")
+        );
+        // Only trusted hops to the right: the walk goes on to the client's own line.
+        assert_eq!(at(&["6.6.6.6", "10.2.2.2"]), ip("6.6.6.6"));
+        // A broken element on the right stops the walk where it is.
+        assert_eq!(at(&["6.6.6.6", "10.2.2.2, junk"]), ip("10.0.0.1"));
+        assert_eq!(at(&["6.6.6.6", "junk, 10.2.2.2"]), ip("10.2.2.2"));
+        // From an untrusted peer no line counts.
+        assert_eq!(
+            trusted.client(peer("203.0.113.9"), lines(&["1.1.1.1", "2.2.2.2"])),
+            ip("203.0.113.9")
+        );
+    }
+
     #[test]
     fn forwarded_for_is_ignored_from_an_untrusted_peer() {
         let trusted = proxies(&["10.0.0.1"]);
-        let client = trusted.client(peer("203.0.113.9"), Some(b"1.2.3.4"));
+        let client = trusted.client(peer("203.0.113.9"), lines(&["1.2.3.4"]));
         assert_eq!(client, "203.0.113.9".parse::<IpAddr>().unwrap());
     }
 
     #[test]
     fn the_nearest_untrusted_hop_is_the_client() {
         let trusted = proxies(&["10.0.0.0/8"]);
-        let xff = b"6.6.6.6, 198.51.100.7, 10.1.2.3";
-        let client = trusted.client(peer("10.0.0.1"), Some(xff));
+        let xff = ["6.6.6.6, 198.51.100.7, 10.1.2.3"];
+        let client = trusted.client(peer("10.0.0.1"), lines(&xff));
         assert_eq!(
             client,
             "198.51.100.7".parse::<IpAddr>().unwrap(),
             "6.6.6.6 is client-written"
         );
         assert_eq!(
-            trusted.client(peer("10.0.0.1"), None),
+            trusted.client(peer("10.0.0.1"), lines(&[])),
             "10.0.0.1".parse::<IpAddr>().unwrap()
         );
         assert_eq!(
-            trusted.client(peer("10.0.0.1"), Some(b"not an address")),
+            trusted.client(peer("10.0.0.1"), lines(&["not an address"])),
             "10.0.0.1".parse::<IpAddr>().unwrap()
         );
     }
@@ -173,11 +239,28 @@ mod tests {
     #[test]
     fn origins() {
         let list = vec!["https://chat.example".to_string()];
-        assert!(origin_allowed(&list, Some(b"https://chat.example")));
-        assert!(origin_allowed(&list, Some(b"HTTPS://Chat.Example/")));
-        assert!(!origin_allowed(&list, Some(b"https://evil.example")));
-        assert!(!origin_allowed(&list, Some(b"https://chat.example.evil")));
-        assert!(origin_allowed(&list, None), "not a browser");
-        assert!(origin_allowed(&[], Some(b"https://anything")));
+        let one = |origin: &'static str| std::iter::once(origin.as_bytes());
+        assert!(origin_allowed(&list, one("https://chat.example")));
+        assert!(origin_allowed(&list, one("HTTPS://Chat.Example/")));
+        assert!(!origin_allowed(&list, one("https://evil.example")));
+        assert!(!origin_allowed(&list, one("https://chat.example.evil")));
+        assert!(origin_allowed(&list, std::iter::empty()), "not a browser");
+        assert!(origin_allowed(&[], one("https://anything")));
+    }
+
+    #[test]
+    fn two_origin_lines_are_refused_with_or_without_a_list() {
+        let list = ["https://chat.example".to_string()];
+        for allowed in [&list[..], &[]] {
+            for pair in [
+                ["https://chat.example", "https://chat.example"],
+                ["https://chat.example", "https://evil.example"],
+                ["https://evil.example", "https://chat.example"],
+                ["", "https://chat.example"],
+            ] {
+                let lines = pair.iter().map(|o| o.as_bytes());
+                assert!(!origin_allowed(allowed, lines), "{pair:?} {allowed:?}");
+            }
+        }
     }
 }

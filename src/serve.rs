@@ -36,7 +36,11 @@ pub struct ServeConfig {
     pub store: StoreConfig,
     pub hub: HubConfig,
     pub secret: Vec<u8>,
+    /// `--max-token-ttl`, `--token-audience`, `--token-issuer`.
+    pub token_policy: auth::Policy,
     pub dev_login: bool,
+    /// `--metrics-listen` is set: `/metrics` is served there, and is a 404 here.
+    pub metrics_elsewhere: bool,
     pub echo: bool,
     /// `--origin`: browsers' Origins allowed on `/ws`; empty allows all.
     pub origins: Vec<String>,
@@ -66,7 +70,9 @@ pub struct Server {
     store: Option<Store>,
     completions: Receiver<Completion>,
     secret: Vec<u8>,
+    token_policy: auth::Policy,
     dev_login: bool,
+    metrics_elsewhere: bool,
     echo: bool,
     origins: Vec<String>,
     trusted_proxies: TrustedProxies,
@@ -113,7 +119,9 @@ impl Server {
             store: Some(store),
             completions,
             secret: config.secret,
+            token_policy: config.token_policy,
             dev_login: config.dev_login,
+            metrics_elsewhere: config.metrics_elsewhere,
             echo: config.echo,
             origins: config.origins,
             trusted_proxies: config.trusted_proxies,
@@ -307,9 +315,90 @@ impl Server {
             request.header("authorization"),
         )
         .ok_or(auth::AuthError::Missing)?;
-        let claims = auth::verify(token, &self.secret, clock::wall_ms() / 1000)?;
+        let now = clock::wall_ms() / 1000;
+        let claims = auth::verify_with(token, &self.secret, now, &self.token_policy)?;
         Ok(claims.sub)
     }
+
+    fn healthz(&self, out: &mut Vec<u8>) {
+        let writable = self.store.is_some();
+        let body = format!(
+            "{{\"status\":\"{}\",\"version\":\"{}\",\"uptime_ms\":{},\
+             \"connections\":{},\"store_writable\":{writable}}}",
+            if writable { "ok" } else { "unavailable" },
+            env!("CARGO_PKG_VERSION"),
+            self.started.elapsed().as_millis(),
+            self.metrics.connections_open.get(),
+        );
+        if writable {
+            respond_json(out, 200, "OK", &body);
+        } else {
+            respond_json(out, 503, "Service Unavailable", &body);
+        }
+    }
+
+    fn metrics(&self, net: NetStats, out: &mut Vec<u8>) {
+        let body = self.render_metrics(net);
+        handshake::write_response(
+            out,
+            200,
+            "OK",
+            metrics::CONTENT_TYPE,
+            &[("Cache-Control", "no-store")],
+            body.as_bytes(),
+        );
+    }
+
+    /// `GET /dev/token?user=NAME`: a token for anyone who asks, which is why dev login is
+    /// refused with a configured secret and, unless `--dev-login-public on`, off loopback.
+    fn dev_token(&self, request: &Request<'_>, peer: SocketAddr, out: &mut Vec<u8>) {
+        let Some(user) = request
+            .query_param("user")
+            .filter(|u| auth::valid_user_id(u))
+        else {
+            respond_json(
+                out,
+                400,
+                "Bad Request",
+                "{\"error\":\"user must be 1 to 64 of [A-Za-z0-9_.-]\"}",
+            );
+            return;
+        };
+        // Valid for a day, or as long as --max-token-ttl lets any token be; with the
+        // claims --token-audience and --token-issuer ask for, so it passes this server.
+        let ttl = self
+            .token_policy
+            .max_ttl_secs
+            .map_or(DEV_TOKEN_TTL_SECS, |max| max.min(DEV_TOKEN_TTL_SECS));
+        let policy = &self.token_policy;
+        let token = auth::issue_with(
+            user,
+            ttl,
+            &self.secret,
+            clock::wall_ms() / 1000,
+            policy.audience.as_deref(),
+            policy.issuer.as_deref(),
+        );
+        let client = self
+            .trusted_proxies
+            .client(peer, request.headers_named("x-forwarded-for"));
+        crate::log_info!("dev login: a token for {user} went to {client}");
+        respond_json(out, 200, "OK", &format!("{{\"token\":\"{token}\"}}"));
+    }
+}
+
+/// How long a `/dev/token` token lasts (at most): a day of trying things out.
+const DEV_TOKEN_TTL_SECS: u64 = 24 * 3600;
+
+fn not_found(out: &mut Vec<u8>) {
+    handshake::write_response(
+        out,
+        404,
+        "Not Found",
+        "text/plain; charset=utf-8",
+        &[],
+        b"not found\n",
+    );
 }
 
 /// `429`: the client holds all the connections it may.
@@ -336,62 +425,28 @@ fn respond_json(out: &mut Vec<u8>, status: u16, reason: &str, body: &str) {
 }
 
 impl Service for Server {
-    fn http(&mut self, request: &Request<'_>, _peer: SocketAddr, net: NetStats, out: &mut Vec<u8>) {
+    fn http(&mut self, request: &Request<'_>, peer: SocketAddr, net: NetStats, out: &mut Vec<u8>) {
         match request.path() {
-            "/healthz" => {
-                let writable = self.store.is_some();
-                let body = format!(
-                    "{{\"status\":\"{}\",\"version\":\"{}\",\"uptime_ms\":{},\
-                     \"connections\":{},\"store_writable\":{writable}}}",
-                    if writable { "ok" } else { "unavailable" },
-                    env!("CARGO_PKG_VERSION"),
-                    self.started.elapsed().as_millis(),
-                    self.metrics.connections_open.get(),
-                );
-                if writable {
-                    respond_json(out, 200, "OK", &body);
-                } else {
-                    respond_json(out, 503, "Service Unavailable", &body);
-                }
-            }
-            "/metrics" => {
-                let body = self.render_metrics(net);
-                handshake::write_response(
-                    out,
-                    200,
-                    "OK",
-                    metrics::CONTENT_TYPE,
-                    &[("Cache-Control", "no-store")],
-                    body.as_bytes(),
-                );
-            }
-            "/dev/token" if self.dev_login => {
-                match request
-                    .query_param("user")
-                    .filter(|u| auth::valid_user_id(u))
-                {
-                    Some(user) => {
-                        let now = clock::wall_ms() / 1000;
-                        let token = auth::issue(user, 24 * 3600, &self.secret, now);
-                        respond_json(out, 200, "OK", &format!("{{\"token\":\"{token}\"}}"));
-                    }
-                    None => respond_json(
-                        out,
-                        400,
-                        "Bad Request",
-                        "{\"error\":\"user must be 1 to 64 of [A-Za-z0-9_.-]\"}",
-                    ),
-                }
-            }
+            // Load balancers and proxies probe the port they forward to.
+            "/healthz" => self.healthz(out),
+            "/metrics" if !self.metrics_elsewhere => self.metrics(net, out),
+            "/dev/token" if self.dev_login => self.dev_token(request, peer, out),
             _ if crate::web::serve(request, out) => {}
-            _ => handshake::write_response(
-                out,
-                404,
-                "Not Found",
-                "text/plain; charset=utf-8",
-                &[],
-                b"not found\n",
-            ),
+            _ => not_found(out),
+        }
+    }
+
+    fn metrics_http(
+        &mut self,
+        request: &Request<'_>,
+        _peer: SocketAddr,
+        net: NetStats,
+        out: &mut Vec<u8>,
+    ) {
+        match request.path() {
+            "/healthz" => self.healthz(out),
+            "/metrics" => self.metrics(net, out),
+            _ => not_found(out),
         }
     }
 
@@ -421,7 +476,7 @@ impl Service for Server {
         };
         // Every endpoint obeys the same admission rules: an open one would be a way round
         // them (an anonymous echo client pins memory and slots like any other).
-        if !forwarded::origin_allowed(&self.origins, upgrade.origin()) {
+        if !forwarded::origin_allowed(&self.origins, request.headers_named("origin")) {
             handshake::write_response(
                 response,
                 403,
@@ -434,7 +489,7 @@ impl Service for Server {
         }
         let client = self
             .trusted_proxies
-            .client(peer, request.header("x-forwarded-for"));
+            .client(peer, request.headers_named("x-forwarded-for"));
         let held = self
             .per_address
             .get(&address_key(client))

@@ -20,8 +20,6 @@ use courier::ws::handshake::accept_key;
 mod listening;
 use listening::spawn_listening;
 
-/// Fixed, so tokens stay valid across a restart (dev login alone picks a random one).
-const SECRET: &str = "client-roundtrip-test-secret-0123456789abcdef";
 const STEP: Duration = Duration::from_millis(5);
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -61,14 +59,10 @@ impl Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_courier"));
         command
             .arg("serve")
-            .args([
-                "--listen",
-                listen,
-                "--dev-login",
-                "on",
-                "--jwt-secret",
-                SECRET,
-            ])
+            // Dev login refuses a configured secret; its own is kept in the data folder, so
+            // tokens stay valid across a restart on the same folder.
+            .args(["--listen", listen, "--dev-login", "on"])
+            .env_remove("COURIER_JWT_SECRET")
             .arg("--data")
             .arg(data)
             .args(extra)

@@ -68,11 +68,16 @@ fn the_secret_and_other_flags_come_from_the_environment_and_a_flag_wins() {
 
 #[test]
 fn bad_flag_values_refuse_to_start() {
+    // A valid secret, so each start is refused for the flag under test, not for the secret.
     for args in [
-        &["--jwt-secret", "s", "--synchronous", "sometimes"][..],
-        &["--jwt-secret", "s", "--heartbeat", "25"],
-        &["--jwt-secret", "s", "--no-such-flag", "1"],
-        &["--jwt-secret", "s", "--dev-login", "maybe"],
+        &["--jwt-secret", SECRET, "--synchronous", "sometimes"][..],
+        &["--jwt-secret", SECRET, "--heartbeat", "25"],
+        &["--jwt-secret", SECRET, "--no-such-flag", "1"],
+        &["--jwt-secret", SECRET, "--dev-login", "maybe"],
+        &["--jwt-secret", SECRET, "--dev-login-public", "yes"],
+        &["--jwt-secret", SECRET, "--max-token-ttl", "forever"],
+        &["--jwt-secret", SECRET, "--max-token-ttl", "500ms"],
+        &["--jwt-secret", SECRET, "--metrics-listen", "localhost:9100"],
     ] {
         let dir = DataDir::new("badflag");
         let output = output_within(serve_command(&dir.path, args, &[]), Duration::from_secs(5));
@@ -122,27 +127,17 @@ fn dev_login_serves_tokens_only_when_on() {
 #[test]
 fn dev_login_warns_loudly() {
     let dir = DataDir::new("devwarn");
-    let mut command = serve_command(&dir.path, &["--dev-login", "on"], &[]);
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    // The warning comes before `listening on`; read stderr's first line, then stop.
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        let mut line = String::new();
-        let _ = std::io::BufReader::new(stderr).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx.recv_timeout(Duration::from_secs(5));
-    // SAFETY: our own child, not reaped yet.
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-    let _ = child.wait();
-    let line = line.expect("a warning on stderr");
-    assert!(line.to_ascii_uppercase().contains("DEV LOGIN"), "{line}");
+    let lines = stderr_until_serving(serve_command(&dir.path, &["--dev-login", "on"], &[]));
+    let warning = lines
+        .iter()
+        .find(|l| l.contains("DEV LOGIN IS ON"))
+        .unwrap_or_else(|| panic!("no dev login warning before `listening on`: {lines:?}"));
+    assert!(warning.contains(" WARN "), "logged as a warning: {warning}");
+    assert!(warning.contains("/dev/token"), "{warning}");
+    assert!(
+        !lines.iter().any(|l| l.contains("DEV LOGIN IS PUBLIC")),
+        "on loopback it is not public: {lines:?}"
+    );
 }
 
 #[test]

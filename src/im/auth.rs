@@ -30,6 +30,41 @@ pub const MAX_TOKEN_LEN: usize = 4096;
 
 pub use crate::user_id::{valid_user_id, MAX_USER_ID_LEN};
 
+/// The shortest secret a server or `courier token` accepts, in bytes. RFC 7518 §3.2: "A key
+/// of the same size as the hash output (for instance, 256 bits for "HS256") or larger MUST
+/// be used with this algorithm." A shorter one can be searched offline from any one token a
+/// client shows (logs, a browser's storage), and a found secret signs in anyone as anyone.
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// Refuses a secret shorter than [`MIN_SECRET_LEN`], saying how to make one. The message
+/// never contains the secret, only its length.
+pub fn check_secret(secret: &[u8]) -> Result<(), String> {
+    if secret.len() >= MIN_SECRET_LEN {
+        return Ok(());
+    }
+    Err(format!(
+        "the token secret is {} bytes; HS256 needs at least {MIN_SECRET_LEN} (RFC 7518 §3.2). \
+         Make one with `courier secret` or `openssl rand -hex 32`",
+        secret.len()
+    ))
+}
+
+/// What a server demands of a token beyond a good signature, `sub`, `exp` and `nbf`: each
+/// check is off unless configured (`--max-token-ttl`, `--token-audience`, `--token-issuer`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// A token whose `exp` is further than this past now (plus [`LEEWAY`] for the issuer's
+    /// clock) is refused: a token minted to last a year, leaked once, would otherwise sign
+    /// its holder in for a year. (`exp` is always required, so a token without one is
+    /// refused whatever this says.)
+    pub max_ttl_secs: Option<u64>,
+    /// `aud` (a string, or an array of strings, RFC 7519 §4.1.3) must hold this exactly.
+    /// Tokens minted for another service that shares the secret are then refused here.
+    pub audience: Option<String>,
+    /// `iss` must be exactly this string (RFC 7519 §4.1.1, case-sensitive).
+    pub issuer: Option<String>,
+}
+
 /// base64url of `{"alg":"HS256","typ":"JWT"}`, the one header [`issue`] writes; a constant
 /// so issuing a token does not serialise and encode the same bytes every time.
 const ISSUED_HEADER: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9";
@@ -70,6 +105,12 @@ pub enum AuthError {
     NotYetValid,
     /// `sub` missing or not a valid user id ([`valid_user_id`]).
     BadSubject,
+    /// `exp` is further past now than [`Policy::max_ttl_secs`] (and [`LEEWAY`]) allows.
+    LifetimeTooLong,
+    /// [`Policy::audience`] is set and `aud` is missing, of another type, or does not hold it.
+    Audience,
+    /// [`Policy::issuer`] is set and `iss` is missing, not a string, or another string.
+    Issuer,
 }
 
 impl fmt::Display for AuthError {
@@ -82,6 +123,9 @@ impl fmt::Display for AuthError {
             AuthError::Expired => "token expired",
             AuthError::NotYetValid => "token not yet valid",
             AuthError::BadSubject => "token subject is not a valid user id",
+            AuthError::LifetimeTooLong => "token lifetime over the server's maximum",
+            AuthError::Audience => "token audience not accepted",
+            AuthError::Issuer => "token issuer not accepted",
         })
     }
 }
@@ -91,8 +135,18 @@ impl std::error::Error for AuthError {}
 /// Verifies an HS256 token against `secret` at time `now_secs` (Unix seconds) and returns
 /// its claims. The checks run cheapest and least trusting first: length, shape, header
 /// (`alg` must be `HS256`), signature, then the claims: their types ([`AuthError::Malformed`]),
-/// `sub`, then `exp` and `nbf` with [`LEEWAY`].
+/// `sub`, then `exp` and `nbf` with [`LEEWAY`]. No [`Policy`]: see [`verify_with`].
 pub fn verify(token: &str, secret: &[u8], now_secs: u64) -> Result<Claims, AuthError> {
+    verify_with(token, secret, now_secs, &Policy::default())
+}
+
+/// [`verify`], then the checks `policy` asks for: the lifetime left, `iss`, `aud`.
+pub fn verify_with(
+    token: &str,
+    secret: &[u8],
+    now_secs: u64,
+    policy: &Policy,
+) -> Result<Claims, AuthError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(AuthError::Malformed);
     }
@@ -108,8 +162,9 @@ pub fn verify(token: &str, secret: &[u8], now_secs: u64) -> Result<Claims, AuthE
     check_header(header)?;
     let signing_input = &token[..header.len() + 1 + payload.len()];
     check_signature(signing_input, signature, secret)?;
-    let claims = parse_claims(payload)?;
+    let (claims, raw) = parse_claims(payload)?;
     check_times(&claims, now_secs)?;
+    check_policy(&claims, &raw, now_secs, policy)?;
     Ok(claims)
 }
 
@@ -118,12 +173,32 @@ pub fn verify(token: &str, secret: &[u8], now_secs: u64) -> Result<Claims, AuthE
 /// with [`valid_user_id`] first: a token for any other string is still well-formed JSON
 /// but [`verify`] refuses it with [`AuthError::BadSubject`].
 pub fn issue(sub: &str, ttl_secs: u64, secret: &[u8], now_secs: u64) -> String {
+    issue_with(sub, ttl_secs, secret, now_secs, None, None)
+}
+
+/// [`issue`], with an `aud` and an `iss` claim when given, so the token passes a server
+/// whose [`Policy`] asks for them.
+pub fn issue_with(
+    sub: &str,
+    ttl_secs: u64,
+    secret: &[u8],
+    now_secs: u64,
+    audience: Option<&str>,
+    issuer: Option<&str>,
+) -> String {
     let exp = now_secs.saturating_add(ttl_secs);
     // `Value`'s Display escapes the string, so even a hostile `sub` cannot inject claims.
-    let payload = format!(
-        r#"{{"sub":{},"iat":{now_secs},"exp":{exp}}}"#,
+    let mut payload = format!(
+        r#"{{"sub":{},"iat":{now_secs},"exp":{exp}"#,
         Value::from(sub)
     );
+    if let Some(audience) = audience {
+        payload.push_str(&format!(r#","aud":{}"#, Value::from(audience)));
+    }
+    if let Some(issuer) = issuer {
+        payload.push_str(&format!(r#","iss":{}"#, Value::from(issuer)));
+    }
+    payload.push('}');
     let mut token = String::with_capacity(ISSUED_HEADER.len() + payload.len() * 4 / 3 + 48);
     token.push_str(ISSUED_HEADER);
     token.push('.');
@@ -218,6 +293,12 @@ struct RawClaims {
     nbf: Option<u64>,
     #[serde(default, deserialize_with = "present")]
     iat: Option<u64>,
+    /// Kept raw: its type is judged only by a server that checks it, so a token with an
+    /// `aud` meant for someone else's checks still passes a server that checks none.
+    #[serde(default, deserialize_with = "present")]
+    aud: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    iss: Option<Value>,
 }
 
 fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
@@ -290,19 +371,57 @@ fn from_json_object<T: DeserializeOwned>(json: &[u8]) -> Result<T, AuthError> {
     serde_json::from_slice(json).map_err(|_| AuthError::Malformed)
 }
 
-fn parse_claims(segment: &str) -> Result<Claims, AuthError> {
-    let raw: RawClaims = from_json_object(&decode_segment(segment)?)?;
+fn parse_claims(segment: &str) -> Result<(Claims, RawClaims), AuthError> {
+    let mut raw: RawClaims = from_json_object(&decode_segment(segment)?)?;
     let exp = raw.exp.ok_or(AuthError::Malformed)?;
     let sub = raw
         .sub
+        .take()
         .filter(|s| valid_user_id(s))
         .ok_or(AuthError::BadSubject)?;
-    Ok(Claims {
+    let claims = Claims {
         sub,
         exp,
         nbf: raw.nbf,
         iat: raw.iat,
-    })
+    };
+    Ok((claims, raw))
+}
+
+fn check_policy(
+    claims: &Claims,
+    raw: &RawClaims,
+    now_secs: u64,
+    policy: &Policy,
+) -> Result<(), AuthError> {
+    if let Some(max_ttl) = policy.max_ttl_secs {
+        // The leeway is for the issuer's clock running ahead of ours, as for `nbf`.
+        if claims.exp > now_secs.saturating_add(max_ttl).saturating_add(LEEWAY) {
+            return Err(AuthError::LifetimeTooLong);
+        }
+    }
+    if let Some(issuer) = &policy.issuer {
+        match &raw.iss {
+            Some(Value::String(iss)) if iss == issuer => {}
+            _ => return Err(AuthError::Issuer),
+        }
+    }
+    if let Some(audience) = &policy.audience {
+        let held = match &raw.aud {
+            Some(Value::String(aud)) => aud == audience,
+            // Every element must be a string: an array with a number in it is not an
+            // audience list, whatever else it holds.
+            Some(Value::Array(list)) => {
+                list.iter().all(Value::is_string)
+                    && list.iter().any(|a| a.as_str() == Some(audience.as_str()))
+            }
+            _ => false,
+        };
+        if !held {
+            return Err(AuthError::Audience);
+        }
+    }
+    Ok(())
 }
 
 fn check_times(claims: &Claims, now_secs: u64) -> Result<(), AuthError> {
@@ -849,6 +968,147 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_under_256_bits_is_refused_with_how_to_make_one() {
+        let short = "s".repeat(MIN_SECRET_LEN - 1);
+        let message = check_secret(short.as_bytes()).unwrap_err();
+        assert!(message.contains("courier secret"), "{message}");
+        assert!(message.contains("openssl rand -hex 32"), "{message}");
+        assert!(message.contains("31 bytes"), "{message}");
+        assert!(!message.contains(&short), "the secret is never echoed");
+        assert!(check_secret(b"").is_err());
+        assert!(check_secret(b"x").is_err());
+        assert!(check_secret(&[7u8; MIN_SECRET_LEN]).is_ok());
+        assert!(check_secret("ab".repeat(32).as_bytes()).is_ok());
+    }
+
+    fn policy_err(token: &str, policy: &Policy) -> AuthError {
+        verify_with(token, SECRET, NOW, policy).unwrap_err()
+    }
+
+    #[test]
+    fn max_ttl_refuses_exp_further_out_than_now_plus_ttl() {
+        let policy = Policy {
+            max_ttl_secs: Some(3600),
+            ..Policy::default()
+        };
+        let exp = |exp: u64| with_claims(&format!(r#"{{"sub":"alice","exp":{exp}}}"#));
+        assert!(verify_with(&exp(NOW + 3600), SECRET, NOW, &policy).is_ok());
+        assert!(verify_with(&exp(NOW + 60), SECRET, NOW, &policy).is_ok());
+        // The issuer's clock may run ahead of ours by the leeway, not more.
+        assert!(verify_with(&exp(NOW + 3600 + LEEWAY), SECRET, NOW, &policy).is_ok());
+        assert_eq!(
+            policy_err(&exp(NOW + 3600 + LEEWAY + 1), &policy),
+            AuthError::LifetimeTooLong
+        );
+        let forever = issue("alice", u64::MAX, SECRET, NOW);
+        assert_eq!(policy_err(&forever, &policy), AuthError::LifetimeTooLong);
+        assert!(verify(&forever, SECRET, NOW).is_ok(), "off unless set");
+        // A token without `exp` never gets as far as the policy.
+        assert_eq!(
+            policy_err(&with_claims(r#"{"sub":"alice"}"#), &policy),
+            AuthError::Malformed
+        );
+        // An expired token is still called expired, not too long-lived.
+        assert_eq!(policy_err(&exp(NOW - 3600), &policy), AuthError::Expired);
+        let near_max = Policy {
+            max_ttl_secs: Some(u64::MAX),
+            ..Policy::default()
+        };
+        assert!(verify_with(&forever, SECRET, NOW, &near_max).is_ok());
+    }
+
+    #[test]
+    fn audience_is_a_string_or_an_array_of_strings_holding_ours() {
+        let policy = Policy {
+            audience: Some("chat".into()),
+            ..Policy::default()
+        };
+        let aud =
+            |aud: &str| with_claims(&format!(r#"{{"sub":"a","exp":{},"aud":{aud}}}"#, NOW + 60));
+        for ok in [r#""chat""#, r#"["chat"]"#, r#"["billing","chat"]"#] {
+            assert!(verify_with(&aud(ok), SECRET, NOW, &policy).is_ok(), "{ok}");
+        }
+        for bad in [
+            r#""Chat""#,
+            r#""chat ""#,
+            r#""billing""#,
+            r#"[]"#,
+            r#"["billing"]"#,
+            r#"["chat",1]"#,
+            r#"[["chat"]]"#,
+            r#"{"chat":true}"#,
+            "null",
+            "1",
+            r#""""#,
+        ] {
+            assert_eq!(policy_err(&aud(bad), &policy), AuthError::Audience, "{bad}");
+        }
+        let none = with_claims(&format!(r#"{{"sub":"a","exp":{}}}"#, NOW + 60));
+        assert_eq!(policy_err(&none, &policy), AuthError::Audience);
+        // Without the policy any `aud` passes, as before: the check is opt-in.
+        assert!(verify(&aud(r#"["chat",1]"#), SECRET, NOW).is_ok());
+        // Two `aud` members: which one would a proxy in front believe? Neither.
+        assert_eq!(err(&aud(r#""chat","aud":"x""#)), AuthError::Malformed);
+    }
+
+    #[test]
+    fn issuer_must_match_exactly() {
+        let policy = Policy {
+            issuer: Some("https://login.example".into()),
+            ..Policy::default()
+        };
+        let iss =
+            |iss: &str| with_claims(&format!(r#"{{"sub":"a","exp":{},"iss":{iss}}}"#, NOW + 60));
+        assert!(verify_with(&iss(r#""https://login.example""#), SECRET, NOW, &policy).is_ok());
+        for bad in [
+            r#""https://login.example/""#,
+            r#""HTTPS://login.example""#,
+            r#""https://evil.example""#,
+            r#"["https://login.example"]"#,
+            "null",
+            "7",
+        ] {
+            assert_eq!(policy_err(&iss(bad), &policy), AuthError::Issuer, "{bad}");
+        }
+        let none = with_claims(&format!(r#"{{"sub":"a","exp":{}}}"#, NOW + 60));
+        assert_eq!(policy_err(&none, &policy), AuthError::Issuer);
+        assert!(verify(&iss("7"), SECRET, NOW).is_ok(), "off unless set");
+    }
+
+    #[test]
+    fn issue_with_writes_the_claims_a_policy_asks_for() {
+        let policy = Policy {
+            max_ttl_secs: Some(600),
+            audience: Some("chat".into()),
+            issuer: Some("courier \"dev\"".into()),
+        };
+        let token = issue_with(
+            "alice",
+            600,
+            SECRET,
+            NOW,
+            Some("chat"),
+            Some("courier \"dev\""),
+        );
+        assert_eq!(
+            verify_with(&token, SECRET, NOW, &policy).unwrap().sub,
+            "alice"
+        );
+        // Without them, the same policy refuses it; and issue() is issue_with(None, None).
+        assert_eq!(
+            policy_err(
+                &issue_with("alice", 600, SECRET, NOW, None, Some("courier \"dev\"")),
+                &policy
+            ),
+            AuthError::Audience
+        );
+        assert_eq!(
+            issue("alice", 600, SECRET, NOW),
+            issue_with("alice", 600, SECRET, NOW, None, None)
+        );
+    }
+
+    #[test]
     fn messages_are_short_and_distinct() {
         let all = [
             AuthError::Missing,
@@ -858,6 +1118,9 @@ mod tests {
             AuthError::Expired,
             AuthError::NotYetValid,
             AuthError::BadSubject,
+            AuthError::LifetimeTooLong,
+            AuthError::Audience,
+            AuthError::Issuer,
         ];
         let texts: Vec<String> = all.iter().map(ToString::to_string).collect();
         for (i, t) in texts.iter().enumerate() {

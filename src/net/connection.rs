@@ -14,7 +14,12 @@ pub(super) enum Phase {
     /// across reads; a head that comes in one read is parsed from the shared buffer. The
     /// peer address is kept only here, where it is wanted (for the service's admission
     /// decision), and costs nothing: the `Upgraded` variant is larger anyway.
-    Handshake { pending: Vec<u8>, peer: SocketAddr },
+    /// `metrics_only`: accepted on the metrics listener, so plain HTTP only (no upgrade).
+    Handshake {
+        pending: Vec<u8>,
+        peer: SocketAddr,
+        metrics_only: bool,
+    },
     /// Upgraded. While the WebSocket is open the idle timer runs; once our close frame is
     /// out (`ws.state()` is `CloseSent`) the close timer bounds the wait for the peer's.
     Upgraded(ws::conn::Conn),
@@ -74,13 +79,20 @@ pub(super) struct Connection {
 }
 
 impl Connection {
-    pub fn new(socket: TcpStream, peer: SocketAddr, generation: u32, now: u64) -> Connection {
+    pub fn new(
+        socket: TcpStream,
+        peer: SocketAddr,
+        metrics_only: bool,
+        generation: u32,
+        now: u64,
+    ) -> Connection {
         Connection {
             socket,
             generation,
             phase: Phase::Handshake {
                 pending: Vec::new(),
                 peer,
+                metrics_only,
             },
             unsent: Vec::new(),
             timer: None,

@@ -13,7 +13,7 @@ mod out;
 mod reactor;
 
 pub use out::Out;
-pub use reactor::{run, ConnId, Waker};
+pub use reactor::{run, Bound, ConnId, Waker};
 
 use std::io;
 use std::net::SocketAddr;
@@ -54,6 +54,27 @@ pub struct NetStats {
 pub trait Service {
     /// A request that is not a WebSocket upgrade: write a complete HTTP response.
     fn http(&mut self, request: &Request<'_>, peer: SocketAddr, net: NetStats, out: &mut Vec<u8>);
+
+    /// A request on the metrics listener (`NetConfig::metrics_listen`), which serves plain
+    /// HTTP only: upgrade requests there are refused with `404` before they get here.
+    /// Whatever answers here is reachable by whoever reaches that address, and nothing else
+    /// of the service is.
+    fn metrics_http(
+        &mut self,
+        _request: &Request<'_>,
+        _peer: SocketAddr,
+        _net: NetStats,
+        out: &mut Vec<u8>,
+    ) {
+        crate::ws::handshake::write_response(
+            out,
+            404,
+            "Not Found",
+            "text/plain; charset=utf-8",
+            &[],
+            b"not found\n",
+        );
+    }
 
     /// An upgrade request that passed RFC 6455 §4.2.1 validation, for connection `conn`.
     /// A refusal writes its HTTP response to `response`.

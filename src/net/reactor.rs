@@ -51,6 +51,7 @@ impl ConnId {
 const LISTENER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
+const METRICS_LISTENER: Token = Token(usize::MAX - 3);
 /// The wheel key of the accept-retry timer (no connection id has an all-ones index: the
 /// slab never grows to 2^32 entries).
 const ACCEPT_RETRY: u64 = u64::MAX;
@@ -83,22 +84,39 @@ impl Waker {
     }
 }
 
+/// The addresses the reactor accepts on (the real ports when `:0` was asked for).
+#[derive(Clone, Copy, Debug)]
+pub struct Bound {
+    pub listen: SocketAddr,
+    pub metrics: Option<SocketAddr>,
+}
+
 /// Runs the reactor until SIGTERM/SIGINT and a graceful close of every connection.
 /// `make_service` gets the waker its threads use to hand results back; `on_listening` is
-/// called with the bound address once connections are accepted.
+/// called with the bound addresses once connections are accepted.
 pub fn run<S: Service>(
     config: NetConfig,
     make_service: impl FnOnce(Waker) -> io::Result<S>,
-    on_listening: impl FnOnce(SocketAddr),
+    on_listening: impl FnOnce(Bound),
 ) -> io::Result<()> {
     let mut reactor = Reactor::new(config, make_service)?;
-    on_listening(reactor.listener.as_ref().expect("listener").local_addr()?);
+    let metrics = match &reactor.metrics_listener {
+        Some(listener) => Some(listener.local_addr()?),
+        None => None,
+    };
+    on_listening(Bound {
+        listen: reactor.listener.as_ref().expect("listener").local_addr()?,
+        metrics,
+    });
     reactor.run()
 }
 
 struct Reactor<S> {
     poll: Poll,
     listener: Option<TcpListener>,
+    /// `--metrics-listen`: polled beside `listener` on this same thread; what it accepts
+    /// gets plain HTTP only, through [`Service::metrics_http`].
+    metrics_listener: Option<TcpListener>,
     accept_paused: bool,
     signals: Signals,
     shutting_down: bool,
@@ -154,6 +172,15 @@ impl<S: Service> Reactor<S> {
         raise_backlog(&listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => {
+                let mut metrics = TcpListener::bind(addr)?;
+                poll.registry()
+                    .register(&mut metrics, METRICS_LISTENER, Interest::READABLE)?;
+                Some(metrics)
+            }
+            None => None,
+        };
         let mut signals = Signals::install()?;
         poll.registry()
             .register(signals.source(), SIGNALS, Interest::READABLE)?;
@@ -163,6 +190,7 @@ impl<S: Service> Reactor<S> {
         Ok(Reactor {
             poll,
             listener: Some(listener),
+            metrics_listener,
             accept_paused: false,
             signals,
             shutting_down: false,
@@ -228,7 +256,8 @@ impl<S: Service> Reactor<S> {
             self.now = self.clock.now_ms();
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept(),
+                    LISTENER => self.accept(false),
+                    METRICS_LISTENER => self.accept(true),
                     SIGNALS => {
                         if self.signals.take() {
                             self.begin_shutdown();
@@ -312,16 +341,22 @@ impl<S: Service> Reactor<S> {
         }
     }
 
-    fn accept(&mut self) {
+    /// Accepts what is waiting on the main listener, or on the metrics one.
+    fn accept(&mut self, metrics_only: bool) {
         if self.accept_paused {
             return;
         }
         loop {
-            let Some(listener) = self.listener.as_ref() else {
+            let listener = if metrics_only {
+                &self.metrics_listener
+            } else {
+                &self.listener
+            };
+            let Some(listener) = listener.as_ref() else {
                 return;
             };
             match listener.accept() {
-                Ok((socket, peer)) => self.admit(socket, peer),
+                Ok((socket, peer)) => self.admit(socket, peer, metrics_only),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if out_of_descriptors(&e) => {
@@ -341,7 +376,7 @@ impl<S: Service> Reactor<S> {
         }
     }
 
-    fn admit(&mut self, mut socket: TcpStream, peer: SocketAddr) {
+    fn admit(&mut self, mut socket: TcpStream, peer: SocketAddr, metrics_only: bool) {
         if self.conns.len() >= self.config.max_connections {
             // Refuse with an answer rather than silence, so a client can tell "full" from
             // "down". Best effort: the socket is fresh, so the small write fits. The request
@@ -380,7 +415,13 @@ impl<S: Service> Reactor<S> {
         {
             return;
         }
-        entry.insert(Connection::new(socket, peer, generation, self.now));
+        entry.insert(Connection::new(
+            socket,
+            peer,
+            metrics_only,
+            generation,
+            self.now,
+        ));
         self.arm(id, self.now + self.config.handshake_timeout_ms);
     }
 
@@ -514,10 +555,15 @@ impl<S: Service> Reactor<S> {
             output_sheds: *output_sheds,
         };
         let conn = &mut conns[id.index as usize];
-        let Phase::Handshake { pending, peer } = &mut conn.phase else {
+        let Phase::Handshake {
+            pending,
+            peer,
+            metrics_only,
+        } = &mut conn.phase
+        else {
             return Flow::Continue;
         };
-        let peer = *peer;
+        let (peer, metrics_only) = (*peer, *metrics_only);
         // The common case, a head that arrives in one read, is parsed where it landed.
         let split = !pending.is_empty();
         if split {
@@ -532,20 +578,25 @@ impl<S: Service> Reactor<S> {
                     conn.phase = Phase::Handshake {
                         pending: head_start,
                         peer,
+                        metrics_only,
                     };
                 }
                 return Flow::Continue;
             }
             Ok(Some((request, used))) => {
-                let (phase, rate) = respond(
-                    id,
-                    &request,
-                    peer,
-                    net,
-                    service,
-                    scratch,
-                    config.max_message,
-                );
+                let (phase, rate) = if metrics_only {
+                    respond_metrics(&request, peer, net, service, scratch)
+                } else {
+                    respond(
+                        id,
+                        &request,
+                        peer,
+                        net,
+                        service,
+                        scratch,
+                        config.max_message,
+                    )
+                };
                 read_rate = rate;
                 (phase, input[used..].to_vec())
             }
@@ -866,7 +917,8 @@ impl<S: Service> Reactor<S> {
     fn on_timer(&mut self, key: u64) {
         if key == ACCEPT_RETRY {
             self.accept_paused = false;
-            self.accept();
+            self.accept(false);
+            self.accept(true);
             return;
         }
         let Some(id) = self.live(key) else {
@@ -915,7 +967,8 @@ impl<S: Service> Reactor<S> {
         }
         self.shutting_down = true;
         self.drain_deadline = self.now + self.config.close_timeout_ms;
-        if let Some(mut listener) = self.listener.take() {
+        let listeners = [self.listener.take(), self.metrics_listener.take()];
+        for mut listener in listeners.into_iter().flatten() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
         for id in self.conn_ids() {
@@ -1007,6 +1060,30 @@ fn respond<S: Service>(
             Admission::Refuse => (lingering(false), 0),
         },
     }
+}
+
+/// Answers a request on the metrics listener: plain HTTP through the service, and never an
+/// upgrade, whatever the path, so no WebSocket (and no IM) is reachable there.
+fn respond_metrics<S: Service>(
+    request: &handshake::Request<'_>,
+    peer: SocketAddr,
+    net: NetStats,
+    service: &mut S,
+    out: &mut Vec<u8>,
+) -> (Phase, u32) {
+    if request.is_websocket() {
+        handshake::write_response(
+            out,
+            404,
+            "Not Found",
+            "text/plain; charset=utf-8",
+            &[],
+            b"no WebSocket endpoint on the metrics listener\n",
+        );
+    } else {
+        service.metrics_http(request, peer, net, out);
+    }
+    (lingering(false), 0)
 }
 
 fn out_of_descriptors(e: &io::Error) -> bool {

@@ -355,7 +355,13 @@ impl<'a> Request<'a> {
         Ok(())
     }
 
-    fn headers_named<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'a [u8]> + 's {
+    /// Every value of the header lines called `name` (case-insensitive), in the order
+    /// received: for fields a client may repeat, where the first line alone would let a
+    /// proxy and this server disagree about the value.
+    pub fn headers_named<'s>(
+        &'s self,
+        name: &'s str,
+    ) -> impl DoubleEndedIterator<Item = &'a [u8]> + 's {
         self.headers[..self.len]
             .iter()
             .filter(move |h| h.name.eq_ignore_ascii_case(name))

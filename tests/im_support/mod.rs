@@ -110,6 +110,46 @@ impl Server {
         }
     }
 
+    /// [`Server::run`] for a server given `--metrics-listen`: also the address of its
+    /// metrics listener, from the `metrics on ADDR` line it prints before `listening on`.
+    pub fn run_with_metrics(mut command: Command) -> (Server, SocketAddr) {
+        use std::io::BufRead;
+        let mut child = command
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn courier");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut metrics = None;
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            for line in lines.by_ref() {
+                let Ok(line) = line else { return };
+                if let Some(addr) = line.strip_prefix("metrics on ") {
+                    metrics = addr.trim().parse::<SocketAddr>().ok();
+                } else if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send((addr.trim().parse::<SocketAddr>().ok(), metrics));
+                    break;
+                }
+            }
+            // Drained for the life of the process: a server blocked on a full pipe would
+            // look like a hang.
+            for _ in lines {}
+        });
+        let mut server = Server {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            _dir: None,
+        };
+        match rx.recv_timeout(Duration::from_secs(15)) {
+            Ok((Some(addr), Some(metrics))) => {
+                server.addr = addr;
+                (server, metrics)
+            }
+            other => panic!("no `metrics on` and `listening on` lines: {other:?}"),
+        }
+    }
+
     /// Hands `dir` to the server, to be removed once the process is gone.
     pub fn owning(mut self, dir: DataDir) -> Server {
         self._dir = Some(dir);
@@ -198,6 +238,45 @@ pub fn courier_command(args: &[&str]) -> Command {
         }
     }
     command
+}
+
+/// Starts `command` (a `courier serve`), returns its stderr lines up to and including the
+/// `serving on` line, which the server logs once it listens, after everything it logs at
+/// start; then kills it. Panics if that line does not come within 15 s.
+pub fn stderr_until_serving(mut command: Command) -> Vec<String> {
+    use std::io::BufRead;
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn courier");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut lines: Vec<String> = Vec::new();
+    while !lines.iter().any(|l| l.contains("serving on")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(_) => break,
+        }
+    }
+    // SAFETY: plain syscall on the pid of a child we have not reaped yet.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait();
+    assert!(
+        lines.iter().any(|l| l.contains("serving on")),
+        "no `serving on` line within 15 s: {lines:?}"
+    );
+    lines
 }
 
 impl Drop for Server {

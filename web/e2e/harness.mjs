@@ -8,7 +8,6 @@
 // happens, and on failure adds to the error what the pages and the server said.
 
 import { spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -53,16 +52,22 @@ process.on('exit', () => {
 
 // ---- the server ----
 
+/** The test's environment minus a token secret: dev login refuses to start with one. */
+function serverEnv() {
+  const env = { ...process.env };
+  delete env.COURIER_JWT_SECRET;
+  return env;
+}
+
 /**
- * A `courier serve` with dev login on loopback. The secret is fixed per server object
- * (not the per-run random one of a bare --dev-login on), so tokens the pages hold stay
- * valid across a kill and restart. start() may be called again after kill(), on the same
- * data folder and port.
+ * A `courier serve` with dev login on loopback. Dev login signs with the secret it keeps in
+ * the data folder (and refuses a configured one), so tokens the pages hold stay valid across
+ * a kill and restart on the same folder. start() may be called again after kill(), on the
+ * same data folder and port.
  */
 export class Server {
   constructor({ data, log = [] } = {}) {
     this.data = data;
-    this.secret = randomBytes(32).toString('hex');
     this.port = 0;
     this.addr = null;
     this.child = null;
@@ -92,7 +97,7 @@ export class Server {
     const n = ++this.starts;
     const args = ['serve', '--dev-login', 'on', '--listen', `127.0.0.1:${this.port}`, '--data', this.data, ...SERVER_TIMINGS];
     const child = spawn(BIN, args, {
-      env: { ...process.env, COURIER_JWT_SECRET: this.secret, RUST_BACKTRACE: '1' },
+      env: { ...serverEnv(), RUST_BACKTRACE: '1' },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     this.child = child;
