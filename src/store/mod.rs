@@ -566,8 +566,7 @@ fn open_gated(
     notify: Notify,
     gate: Option<Receiver<()>>,
 ) -> Result<(Store, Receiver<Completion>), StoreError> {
-    std::fs::create_dir_all(&config.dir).map_err(io)?;
-    let lock = schema::lock(&config.dir)?;
+    let lock = data_folder(&config.dir)?;
     let path = config.dir.join(DB_FILE);
     let conn = schema::open_writer(&path, config.synchronous)?;
     let users = writer::Users::new(&conn).map_err(sql)?;
@@ -664,6 +663,30 @@ fn open_gated(
         return Err(io(e));
     }
     Ok((store, done_rx))
+}
+
+/// Creates the data folder if needed and takes its lock, with errors that say which path
+/// and what is wrong with it: the bare OS error ("File exists", "Not a directory",
+/// "Read-only file system") does not tell an operator what to fix.
+fn data_folder(dir: &std::path::Path) -> Result<std::fs::File, StoreError> {
+    let at = dir.display();
+    if dir.exists() && !dir.is_dir() {
+        return Err(StoreError::Io {
+            kind: std::io::ErrorKind::AlreadyExists,
+            message: format!("the data folder {at} is a file, not a folder"),
+        });
+    }
+    std::fs::create_dir_all(dir).map_err(|e| StoreError::Io {
+        kind: e.kind(),
+        message: format!("cannot create the data folder {at}: {e}"),
+    })?;
+    schema::lock(dir).map_err(|e| match e {
+        StoreError::Io { kind, message } => StoreError::Io {
+            kind,
+            message: format!("cannot write in the data folder {at}: {message}"),
+        },
+        other => other,
+    })
 }
 
 impl Store {
