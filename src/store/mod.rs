@@ -73,6 +73,16 @@
 //! Either way a message whose `sent` went out is committed; a client that gets an error, or
 //! no answer, resends its `cid` and the `(sender, cid)` key makes that harmless.
 //!
+//! # A full or failing disk
+//! A write transaction that fails for the disk's sake (`SQLITE_FULL`, `SQLITE_IOERR_*`, a
+//! read-only file system, a lock held elsewhere) is rolled back whole and every job of
+//! its batch is answered [`StoreError::Unavailable`]: nothing of it is on disk, no `sent`
+//! goes out for it, and the writer's heads and caches are as at the last commit, so the
+//! seqs continue without a gap. The writer carries on; each new write tries the disk
+//! again, so writes resume by themselves once there is room. Reads never need space and
+//! go on throughout. A checkpoint that cannot grow the database file fails, leaves the
+//! WAL as it was, and is tried again after the next commit.
+//!
 //! # Bounds and shutdown
 //! The job queues and the completion channel are bounded by `queue` (counted in jobs, not
 //! bytes: the hub's message size limit and rate limits bound what one job carries). A store
