@@ -720,6 +720,8 @@ fn failure(completion: &Completion) -> Option<&crate::store::StoreError> {
         | StoreError::NotFound(_)
         | StoreError::Invalid(_)
         | StoreError::OverBudget(_) => None,
+        // The writer logs these once per run of them, not once per job (`writer.rs`).
+        StoreError::Unavailable { .. } => None,
         other => Some(other),
     }
 }

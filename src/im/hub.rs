@@ -2099,6 +2099,11 @@ fn failed(
         StoreError::NotFound(what) => (ErrorCode::NotFound, *what),
         StoreError::Invalid(what) => (ErrorCode::BadRequest, *what),
         StoreError::OverBudget(why) => (ErrorCode::RateLimited, *why),
+        // Nothing was written and the same request may succeed later (disk full).
+        StoreError::Unavailable { .. } => (
+            ErrorCode::Unavailable,
+            "the message store cannot write now; try again later",
+        ),
         other => (ErrorCode::Internal, store_failure(other)),
     };
     error(out, conn, rid, cid, code, message);

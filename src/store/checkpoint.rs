@@ -141,14 +141,16 @@ impl Checkpointer {
 
 /// What a checkpoint reported: WAL size and frames copied back so far, both in frames.
 #[derive(Clone, Copy)]
-struct Progress {
-    wal: u64,
-    copied: u64,
+pub(super) struct Progress {
+    pub(super) wal: u64,
+    pub(super) copied: u64,
 }
 
 /// One PASSIVE checkpoint; `None` when it failed (counted, never fatal: nothing is lost,
-/// the pages stay in the WAL).
-fn passive(conn: &Connection, counters: &Counters) -> Option<Progress> {
+/// the pages stay in the WAL). A full disk fails it when the database file must grow to
+/// take the pages; the WAL is left as it was and the next cycle, after the next commit,
+/// tries again, so the thread neither dies nor retries in a loop.
+pub(super) fn passive(conn: &Connection, counters: &Counters) -> Option<Progress> {
     let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
         Ok(Progress {
             wal: row.get::<_, i64>(1)?.max(0) as u64,

@@ -14,6 +14,12 @@ pub enum StoreError {
     /// rusqlite failed on our side of the call: a stored value that does not fit its Rust
     /// type (only a hand-edited or corrupt file gets there) or a broken internal invariant.
     Internal(String),
+    /// The disk refused a write for a reason that has nothing to do with the job: the file
+    /// system is full (`SQLITE_FULL`), read-only, or failing (`SQLITE_IOERR_*`), or the
+    /// database is locked. The transaction was rolled back, nothing of the job was written
+    /// and the writer's memory is as it was before; the same job may succeed later, so the
+    /// client is told `unavailable` and resends. `code` is SQLite's extended result code.
+    Unavailable { code: i32, message: String },
     /// The data directory could not be created, or a store thread could not be started.
     Io {
         kind: io::ErrorKind,
@@ -22,6 +28,10 @@ pub enum StoreError {
     /// The database was written by a newer courier: its `user_version` is past the last
     /// migration this build knows. Opening it anyway could misread rows, so we refuse.
     SchemaTooNew { found: i64, known: usize },
+    /// The database file is not one courier wrote: not SQLite at all (garbage, truncated,
+    /// encrypted), or another application's SQLite database. Refused before anything is
+    /// written to it (`schema::identify`).
+    Foreign { path: String, why: String },
     /// Another process (or another open store in this one) holds the data folder. Two
     /// writers would each believe their in-memory inbox heads and hand out the same seqs.
     Locked,
@@ -43,6 +53,14 @@ impl fmt::Display for StoreError {
         match self {
             StoreError::Sqlite { code, message } => write!(f, "sqlite error {code}: {message}"),
             StoreError::Internal(message) => write!(f, "store internal error: {message}"),
+            StoreError::Unavailable { code, message } => {
+                write!(f, "store cannot write (sqlite error {code}): {message}")
+            }
+            StoreError::Foreign { path, why } => write!(
+                f,
+                "{path} is not a courier database: {why}; courier leaves it untouched \
+                 (move it away, or point --data at another folder)"
+            ),
             StoreError::Io { message, .. } => write!(f, "store i/o error: {message}"),
             StoreError::SchemaTooNew { found, known } => write!(
                 f,
@@ -72,6 +90,39 @@ pub(crate) fn sql(e: rusqlite::Error) -> StoreError {
         },
         other => StoreError::Internal(other.to_string()),
     }
+}
+
+/// A failed write transaction as the job's answer: [`StoreError::Unavailable`] when the
+/// cause lies outside the job (see [`environmental`]), [`sql`] otherwise.
+pub(crate) fn write_failure(e: rusqlite::Error) -> StoreError {
+    let transient = environmental(&e);
+    match sql(e) {
+        StoreError::Sqlite { code, message } if transient => {
+            StoreError::Unavailable { code, message }
+        }
+        other => other,
+    }
+}
+
+/// Whether SQLite failed because of the disk, the file system or another process rather
+/// than anything a job carries: retrying the same job later may succeed, and retrying it
+/// now, alone, would fail the same way. Primary codes, so every `SQLITE_IOERR_*` counts.
+pub(crate) fn environmental(e: &rusqlite::Error) -> bool {
+    use rusqlite::ffi;
+    let rusqlite::Error::SqliteFailure(err, _) = e else {
+        return false;
+    };
+    matches!(
+        err.extended_code & 0xff,
+        ffi::SQLITE_FULL
+            | ffi::SQLITE_IOERR
+            | ffi::SQLITE_READONLY
+            | ffi::SQLITE_CANTOPEN
+            | ffi::SQLITE_BUSY
+            | ffi::SQLITE_LOCKED
+            | ffi::SQLITE_NOMEM
+            | ffi::SQLITE_PROTOCOL
+    )
 }
 
 pub(crate) fn io(e: io::Error) -> StoreError {

@@ -73,6 +73,16 @@
 //! Either way a message whose `sent` went out is committed; a client that gets an error, or
 //! no answer, resends its `cid` and the `(sender, cid)` key makes that harmless.
 //!
+//! # A full or failing disk
+//! A write transaction that fails for the disk's sake (`SQLITE_FULL`, `SQLITE_IOERR_*`, a
+//! read-only file system, a lock held elsewhere) is rolled back whole and every job of
+//! its batch is answered [`StoreError::Unavailable`]: nothing of it is on disk, no `sent`
+//! goes out for it, and the writer's heads and caches are as at the last commit, so the
+//! seqs continue without a gap. The writer carries on; each new write tries the disk
+//! again, so writes resume by themselves once there is room. Reads never need space and
+//! go on throughout. A checkpoint that cannot grow the database file fails, leaves the
+//! WAL as it was, and is tried again after the next commit.
+//!
 //! # Bounds and shutdown
 //! The job queues and the completion channel are bounded by `queue` (counted in jobs, not
 //! bytes: the hub's message size limit and rate limits bound what one job carries). A store
@@ -624,8 +634,7 @@ fn open_gated(
     notify: Notify,
     gate: Option<Receiver<()>>,
 ) -> Result<(Store, Receiver<Completion>), StoreError> {
-    std::fs::create_dir_all(&config.dir).map_err(io)?;
-    let lock = schema::lock(&config.dir)?;
+    let lock = data_folder(&config.dir)?;
     let path = config.dir.join(DB_FILE);
     let conn = schema::open_writer(&path, config.synchronous)?;
     let users = writer::Users::new(&conn).map_err(sql)?;
@@ -722,6 +731,30 @@ fn open_gated(
         return Err(io(e));
     }
     Ok((store, done_rx))
+}
+
+/// Creates the data folder if needed and takes its lock, with errors that say which path
+/// and what is wrong with it: the bare OS error ("File exists", "Not a directory",
+/// "Read-only file system") does not tell an operator what to fix.
+fn data_folder(dir: &std::path::Path) -> Result<std::fs::File, StoreError> {
+    let at = dir.display();
+    if dir.exists() && !dir.is_dir() {
+        return Err(StoreError::Io {
+            kind: std::io::ErrorKind::AlreadyExists,
+            message: format!("the data folder {at} is a file, not a folder"),
+        });
+    }
+    std::fs::create_dir_all(dir).map_err(|e| StoreError::Io {
+        kind: e.kind(),
+        message: format!("cannot create the data folder {at}: {e}"),
+    })?;
+    schema::lock(dir).map_err(|e| match e {
+        StoreError::Io { kind, message } => StoreError::Io {
+            kind,
+            message: format!("cannot write in the data folder {at}: {message}"),
+        },
+        other => other,
+    })
 }
 
 impl Store {

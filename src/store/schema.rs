@@ -155,9 +155,11 @@ pub(crate) fn lock(dir: &Path) -> Result<File, StoreError> {
 
 /// The one read-write connection, configured and migrated.
 pub(crate) fn open_writer(path: &Path, synchronous: Synchronous) -> Result<Connection, StoreError> {
+    identify(path)?;
     let mut conn = Connection::open(path).map_err(sql)?;
     configure_writer(&conn, synchronous).map_err(sql)?;
     migrate(&mut conn)?;
+    stamp(&conn);
     Ok(conn)
 }
 
@@ -266,4 +268,95 @@ pub(crate) fn get_opt_u64(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<
     value
         .map(|v| u64::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, v)))
         .transpose()
+}
+
+// ---- Identity: is this file a courier database? ----
+
+/// `PRAGMA application_id` of a courier database ("cour" in ASCII), in the file header
+/// where `file(1)` and the sqlite3 shell show it. Databases made before this marker have
+/// 0 there and are recognised by their tables instead (see [`identify`]), and stamped on
+/// their next open.
+pub(crate) const APPLICATION_ID: i32 = 0x636f_7572;
+
+/// The tables every courier schema since version 1 has.
+const COURIER_TABLES: [&str; 3] = ["users", "messages", "inbox"];
+
+/// Refuses a database file courier did not write, before anything writes to it: the
+/// writer's first pragma (`journal_mode=WAL`) rewrites the file header, and migrations
+/// would add courier's tables to someone else's database. A missing or empty file is a
+/// new database. Reads through a read-only connection of its own, which also never
+/// checkpoints a WAL into the file when it closes.
+pub(crate) fn identify(path: &Path) -> Result<(), StoreError> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.len() > 0 => {}
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(e)),
+    }
+    let foreign = |why: String| StoreError::Foreign {
+        path: path.display().to_string(),
+        why,
+    };
+    let read = || -> rusqlite::Result<(i32, i64, i64, i64)> {
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let app: i32 = conn.pragma_query_value(None, "application_id", |r| r.get(0))?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let objects: i64 =
+            conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
+        let ours: i64 = conn.query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name IN (?1, ?2, ?3)",
+            COURIER_TABLES,
+            |r| r.get(0),
+        )?;
+        Ok((app, version, objects, ours))
+    };
+    let (app, version, objects, ours) = match read() {
+        Ok(found) => found,
+        Err(rusqlite::Error::SqliteFailure(e, message)) => {
+            let detail = message.unwrap_or_else(|| e.to_string());
+            return Err(match e.code {
+                rusqlite::ErrorCode::NotADatabase => {
+                    foreign(format!("it is not an SQLite database ({detail})"))
+                }
+                rusqlite::ErrorCode::DatabaseCorrupt => {
+                    foreign(format!("it is damaged ({detail})"))
+                }
+                _ => sql(rusqlite::Error::SqliteFailure(e, Some(detail))),
+            });
+        }
+        Err(e) => return Err(sql(e)),
+    };
+    if app == APPLICATION_ID {
+        return Ok(());
+    }
+    if app != 0 {
+        return Err(foreign(format!(
+            "its application_id is {app:#010x}, another program's (courier's is \
+             {APPLICATION_ID:#010x})"
+        )));
+    }
+    if version == 0 && objects == 0 {
+        // Created and never migrated: an earlier start that failed half-way.
+        return Ok(());
+    }
+    if version > 0 && ours == COURIER_TABLES.len() as i64 {
+        // Written by a courier from before the marker.
+        return Ok(());
+    }
+    Err(foreign(format!(
+        "it has user_version {version} and {objects} schema objects, but neither courier's \
+         application_id nor courier's tables ({})",
+        COURIER_TABLES.join(", ")
+    )))
+}
+
+/// Writes the marker into a database that lacks it (new, or from before the marker).
+/// Best effort: a database from before the marker is still recognised by its tables, so
+/// failing here (a full disk at start) must not keep the server from serving reads.
+fn stamp(conn: &Connection) {
+    let current = conn.pragma_query_value(None, "application_id", |r| r.get::<_, i32>(0));
+    if !matches!(current, Ok(APPLICATION_ID)) {
+        let _ = conn.pragma_update(None, "application_id", APPLICATION_ID);
+    }
 }

@@ -2716,3 +2716,197 @@ fn a_failed_batch_with_group_jobs_is_rolled_back_and_leaves_memory_consistent() 
     }
     assert_eq!(count(&dir, "convs"), 2 + 2 + 2 + 1 + 1 - 1);
 }
+
+// ---- faults: a full disk, a file that is not courier's ----
+
+/// A small tmpfs on a fresh folder, unmounted (lazily, whatever is still open in it) on
+/// drop. `None` when this process may not mount: the test then checks nothing.
+struct Tmpfs(TempDir);
+
+impl Tmpfs {
+    fn mount(name: &str) -> Option<Tmpfs> {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = TempDir::new(name);
+        std::fs::create_dir_all(dir.path()).unwrap();
+        let target = std::ffi::CString::new(dir.path().as_os_str().as_bytes()).unwrap();
+        // SAFETY: NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                c"size=16m".as_ptr().cast(),
+            )
+        };
+        if rc != 0 {
+            eprintln!("SKIPPED: cannot mount a tmpfs (needs root, as in CI)");
+            return None;
+        }
+        Some(Tmpfs(dir))
+    }
+
+    /// Writes a file until the file system is full; returns its path.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.0.path().join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0x5a_u8; 64 << 10];
+        while file.write_all(&chunk).is_ok() {}
+        while file.write_all(&chunk[..4096]).is_ok() {}
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        use std::os::unix::ffi::OsStrExt;
+        let target = std::ffi::CString::new(self.0.path().as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+#[test]
+fn a_full_disk_fails_the_whole_batch_unavailable_at_once_and_leaves_the_heads() {
+    let Some(fs) = Tmpfs::mount("full") else {
+        return;
+    };
+    let config = StoreConfig::new(fs.0.path().join("data"));
+    let (store, done, gate) = open_held(&config);
+    assert_eq!(send_seq(&store, &done, &gate, "alice", "bob"), 1);
+    let filler = fs.fill();
+    // More than the WAL file can hold in the pages it already has (after a checkpoint it
+    // is reused from the start, without asking the file system for space).
+    let body = "x".repeat(256 << 10);
+    for tag in 1..=3 {
+        submit(
+            &store,
+            send_job(tag, "alice", "bob", &format!("f{tag}"), &body),
+        );
+    }
+    submit(&store, send_job(4, "alice", "carl", "f4", &body)); // a new user, forgotten
+    gate.send(()).unwrap();
+    for tag in 1..=4 {
+        match recv(&done) {
+            Completion::Sent {
+                tag: t,
+                result: Err(StoreError::Unavailable { code, .. }),
+            } => assert_eq!((t, code & 0xff), (tag, rusqlite::ffi::SQLITE_FULL)),
+            Completion::Sent { tag, result } => panic!("{tag}: {:?}", result.map(|s| s.mid)),
+            other => panic!("{other:?}"),
+        }
+    }
+    let stats = store.stats();
+    assert_eq!(
+        (stats.rollbacks, stats.failed),
+        (1, 4),
+        "one rollback for the batch, no retry of each job against the same full disk"
+    );
+    // Reads still work on a full disk.
+    assert_eq!(seqs(&page(&store, &done, "bob", 0, 10)), [1]);
+
+    std::fs::remove_file(filler).unwrap();
+    // Space is back: the same writer commits again, and the seqs follow the last commit.
+    submit(&store, send_job(5, "alice", "bob", "after", "x"));
+    gate.send(()).unwrap();
+    let after = recv_sent(&done).1;
+    assert_eq!(after.deliveries, [("alice".into(), 2), ("bob".into(), 2)]);
+    gate.send(()).unwrap();
+    let carl = send(&store, &done, "alice", "carl", "f4");
+    assert_eq!(carl.deliveries, [("alice".into(), 3), ("carl".into(), 1)]);
+    drop(gate);
+    drop(store);
+    let (_store, _done, initial) = open_ok(&config);
+    assert_eq!(
+        (
+            initial.heads["alice"],
+            initial.heads["bob"],
+            initial.heads["carl"]
+        ),
+        (3, 2, 1)
+    );
+}
+
+#[test]
+fn a_checkpoint_on_a_full_disk_fails_without_losing_the_wal_and_succeeds_later() {
+    let Some(fs) = Tmpfs::mount("full-checkpoint") else {
+        return;
+    };
+    let path = fs.0.path().join(DB_FILE);
+    let writer = schema::open_writer(&path, Synchronous::Normal).unwrap();
+    writer.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+    // About 2 MiB in the WAL that the database file has no room for yet.
+    writer
+        .execute_batch(
+            "CREATE TABLE t(x);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+             INSERT INTO t SELECT randomblob(1000) FROM n;",
+        )
+        .unwrap();
+    let filler = fs.fill();
+    let conn = schema::open_checkpointer(&path).unwrap();
+    let counters = stats::Counters::default();
+    assert!(checkpoint::passive(&conn, &counters).is_none());
+    assert_eq!(counters.snapshot().checkpoint_failures, 1);
+    let reader = schema::open_reader(&path).unwrap();
+    let rows: i64 = reader
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 2000, "every committed row is still readable");
+
+    std::fs::remove_file(filler).unwrap();
+    let done = checkpoint::passive(&conn, &counters).expect("a checkpoint with room");
+    assert_eq!(done.copied, done.wal, "the whole WAL copied back");
+}
+
+#[test]
+fn a_database_from_before_the_identity_marker_opens_and_is_stamped() {
+    let app_id = |dir: &TempDir| -> i32 {
+        side(dir)
+            .pragma_query_value(None, "application_id", |r| r.get(0))
+            .unwrap()
+    };
+    let dir = TempDir::new("unstamped");
+    let (store, done, _) = open_ok(&config(&dir));
+    send(&store, &done, "alice", "bob", "c1");
+    drop(store);
+    assert_eq!(
+        app_id(&dir),
+        schema::APPLICATION_ID,
+        "a new database is stamped"
+    );
+    side(&dir).pragma_update(None, "application_id", 0).unwrap();
+    let (store, done, initial) = open_ok(&config(&dir));
+    assert_eq!(initial.heads["bob"], 1);
+    assert_eq!(send(&store, &done, "alice", "bob", "c2").sender_seq, 2);
+    assert_eq!(app_id(&dir), schema::APPLICATION_ID);
+}
+
+#[test]
+fn a_file_that_is_not_courier_s_is_refused_with_its_bytes_unchanged() {
+    let dir = TempDir::new("foreign");
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let db = dir.path().join(DB_FILE);
+    side(&dir)
+        .execute_batch("CREATE TABLE notes(text); INSERT INTO notes VALUES ('mine');")
+        .unwrap();
+    let before = std::fs::read(&db).unwrap();
+    match open(&config(&dir), noop()) {
+        Err(StoreError::Foreign { path, why }) => {
+            assert_eq!(path, db.display().to_string());
+            assert!(why.contains("courier's tables"), "{why}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(std::fs::read(&db).unwrap(), before);
+    std::fs::write(
+        &db,
+        b"SQLite format 2\0 and then some bytes that are not a database",
+    )
+    .unwrap();
+    assert!(matches!(
+        open(&config(&dir), noop()),
+        Err(StoreError::Foreign { .. })
+    ));
+}

@@ -15,9 +15,17 @@
 //! heads (and forgets the new users, cached groups and known conversation rows of the
 //! transaction, see [`Memory`]), and then runs the jobs of that batch again one
 //! transaction each, so one poison job fails alone while the others still commit, in the
-//! same order; an error that is not about a job (disk full, I/O) then fails each of them
-//! too. Retrying is safe because nothing of the failed transaction survives, and cheap
-//! because the happy path never pays for it.
+//! same order. Retrying is safe because nothing of the failed transaction survives, and
+//! cheap because the happy path never pays for it.
+//!
+//! An error that is not about any job (the disk is full, read-only or failing, the file is
+//! locked: [`environmental`]) is not retried job by job, since each job would only meet the
+//! same disk again: every job of the batch is answered [`StoreError::Unavailable`] at once,
+//! which the client hears as `unavailable` and answers by resending its cid later. The
+//! writer itself keeps going: the next batch tries the disk again, so writes resume by
+//! themselves once space returns, with the heads (restored by the rollback) continuing
+//! exactly where the last commit left them. Such a run of refusals is logged when it starts
+//! and when it ends ([`Outage`]), not once per job.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -32,7 +40,7 @@ use super::blocks;
 use super::budget::{Budget, Budgets};
 use super::checkpoint;
 use super::conv::{self, KnownDms};
-use super::error::{sql, StoreError};
+use super::error::{environmental, write_failure, StoreError};
 use super::events;
 use super::groups::{self, Groups};
 use super::recall;
@@ -84,6 +92,42 @@ impl Memory {
     }
 }
 
+/// A run of batches refused with [`StoreError::Unavailable`], from the first refusal to
+/// the next commit. Logged at both ends only: a full disk under load would otherwise cost a
+/// log line per message, written to a log that may sit on the same full disk.
+#[derive(Default)]
+pub(crate) struct Outage {
+    since: Option<Instant>,
+    refused: u64,
+}
+
+impl Outage {
+    fn refused(&mut self, error: &StoreError, jobs: usize) {
+        if !matches!(error, StoreError::Unavailable { .. }) {
+            return;
+        }
+        if self.since.is_none() {
+            crate::log_error!(
+                "store: {error}; writes are answered `unavailable` until the disk takes them \
+                 again (retried at every new write)"
+            );
+            self.since = Some(Instant::now());
+        }
+        self.refused += jobs as u64;
+    }
+
+    fn over(&mut self) {
+        if let Some(since) = self.since.take() {
+            crate::log_warn!(
+                "store: writes succeed again after {:.1} s; {} refused meanwhile",
+                since.elapsed().as_secs_f64(),
+                self.refused
+            );
+            self.refused = 0;
+        }
+    }
+}
+
 /// Why a job did not produce an outcome.
 pub(crate) enum Fail {
     /// Refused before writing anything: answer the job, keep the batch.
@@ -125,6 +169,7 @@ impl Writer {
         };
         let mut batch: Vec<Job> = Vec::new();
         let mut outcomes: Vec<Result<Outcome, StoreError>> = Vec::new();
+        let mut outage = Outage::default();
         // `recv` fails only once every sender is gone and the queue is empty: the store is
         // shutting down and every accepted job has been answered.
         while let Ok(first) = self.jobs.recv() {
@@ -140,7 +185,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.run_batch(&mut memory, &batch, &mut outcomes);
+            self.run_batch(&mut memory, &batch, &mut outcomes, &mut outage);
             for (job, outcome) in batch.drain(..).zip(outcomes.drain(..)) {
                 // Only fails when every receiver is gone; the commit stands either way.
                 let _ = self.done.send(complete(job, outcome));
@@ -156,25 +201,36 @@ impl Writer {
         memory: &mut Memory,
         batch: &[Job],
         out: &mut Vec<Result<Outcome, StoreError>>,
+        outage: &mut Outage,
     ) {
         let started = Instant::now();
         match self.transaction(memory, batch, out) {
-            Ok(()) => self.committed(memory, batch.len(), &out[..], started),
+            Ok(()) => {
+                outage.over();
+                self.committed(memory, batch.len(), &out[..], started);
+            }
             Err(e) => {
                 self.abort(memory);
-                if batch.len() == 1 {
-                    out.push(Err(sql(e)));
-                    self.counters.failed(1);
+                if batch.len() == 1 || environmental(&e) {
+                    let error = write_failure(e);
+                    outage.refused(&error, batch.len());
+                    out.extend(batch.iter().map(|_| Err(error.clone())));
+                    self.counters.failed(batch.len() as u64);
                     return;
                 }
                 for job in batch {
                     let started = Instant::now();
                     let base = out.len();
                     match self.transaction(memory, std::slice::from_ref(job), out) {
-                        Ok(()) => self.committed(memory, 1, &out[base..], started),
+                        Ok(()) => {
+                            outage.over();
+                            self.committed(memory, 1, &out[base..], started);
+                        }
                         Err(e) => {
                             self.abort(memory);
-                            out.push(Err(sql(e)));
+                            let error = write_failure(e);
+                            outage.refused(&error, 1);
+                            out.push(Err(error));
                             self.counters.failed(1);
                         }
                     }

@@ -150,6 +150,35 @@ impl Server {
         }
     }
 
+    /// [`Server::run`] with the server's stderr captured line by line into the returned
+    /// [`Log`] (and still echoed to the test's stderr), for tests about what is logged.
+    pub fn run_logged(mut command: Command) -> (Server, Log) {
+        command.stderr(Stdio::piped());
+        let (mut child, addr) = spawn_listening(&mut command, Duration::from_secs(15));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Log::default();
+        let lines = log.lines.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                eprintln!("{line}");
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let server = Server {
+            child,
+            addr,
+            _dir: None,
+        };
+        (server, log)
+    }
+
+    /// Whether the process is still running (not exited, not reaped).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Hands `dir` to the server, to be removed once the process is gone.
     pub fn owning(mut self, dir: DataDir) -> Server {
         self._dir = Some(dir);
@@ -286,6 +315,38 @@ impl Drop for Server {
             unsafe { libc::kill(self.pid(), libc::SIGKILL) };
         }
         let _ = self.child.wait();
+    }
+}
+
+/// A server's stderr lines, as [`Server::run_logged`] collects them.
+#[derive(Clone, Default)]
+pub struct Log {
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Log {
+    /// The lines so far that contain `needle`.
+    pub fn matching(&self, needle: &str) -> Vec<String> {
+        let lines = self.lines.lock().unwrap();
+        lines
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+
+    /// Waits (bounded) until some line contains `needle`; false if none did in time.
+    pub fn wait_for(&self, needle: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if !self.matching(needle).is_empty() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
@@ -667,6 +728,17 @@ impl Client {
 
     pub fn flush(&mut self) {
         self.ws.flush().expect("flush");
+    }
+
+    /// [`queue`](Self::queue) for a connection that may be dead (a test that kills the
+    /// server): false instead of a failed test.
+    pub fn try_queue(&mut self, value: Value) -> bool {
+        !self.closed && self.ws.write(Message::Text(value.to_string())).is_ok()
+    }
+
+    /// [`flush`](Self::flush), false when the connection is dead.
+    pub fn try_flush(&mut self) -> bool {
+        !self.closed && self.ws.flush().is_ok()
     }
 
     /// An RFC 6455 ping frame (not the app-level `ping`).
