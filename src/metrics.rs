@@ -630,6 +630,11 @@ impl<'a> Exposition<'a> {
 
     /// Every figure of a store snapshot, as `courier_store_*`.
     pub fn store_stats(&mut self, s: &store::Stats) {
+        self.gauge(
+            "courier_store_writes_failing",
+            "1 while writes are refused for a cause outside them (a full disk, an I/O error).",
+            i64::from(s.writes_failing),
+        );
         self.counter(
             "courier_store_batches_total",
             "Write transactions committed.",
@@ -1405,6 +1410,7 @@ mod tests {
             jobs: 25,
             failed: 1,
             rollbacks: 1,
+            writes_failing: true,
             reads: 7,
             checkpoints: 2,
             checkpoint_failures: 0,
@@ -1424,6 +1430,7 @@ mod tests {
         let p = checked(&text);
         assert_eq!(p.get("courier_store_batches_total", &[]), Some(10.0));
         assert_eq!(p.get("courier_store_wal_pages", &[]), Some(1000.0));
+        assert_eq!(p.get("courier_store_writes_failing", &[]), Some(1.0));
         assert_eq!(
             p.get("courier_store_queue_depth", &[("queue", "completion")]),
             Some(5.0)

@@ -321,7 +321,11 @@ impl Server {
     }
 
     fn healthz(&self, out: &mut Vec<u8>) {
-        let writable = self.store.is_some();
+        // Not writable while stopping (the store is gone) or while the disk refuses writes.
+        let writable = self
+            .store
+            .as_ref()
+            .is_some_and(|store| !store.stats().writes_failing);
         let body = format!(
             "{{\"status\":\"{}\",\"version\":\"{}\",\"uptime_ms\":{},\
              \"connections\":{},\"store_writable\":{writable}}}",

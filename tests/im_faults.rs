@@ -229,6 +229,13 @@ fn a_full_disk_answers_sends_unavailable_keeps_reads_and_recovers_by_itself() {
         refused.len()
     );
 
+    // The probes say so: set before the refusals are answered, so already now.
+    let (status, body) = http_get(server.addr, "/healthz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"store_writable\":false"), "{body}");
+    let (_, metrics) = http_get(server.addr, "/metrics");
+    assert!(metrics.contains("\ncourier_store_writes_failing 1\n"));
+
     // Reads go on: sync (a fresh connection, too), history, convs.
     let stored = check_bob(&server, &acked);
     assert!(
@@ -282,6 +289,9 @@ fn a_full_disk_answers_sends_unavailable_keeps_reads_and_recovers_by_itself() {
         record(&mut acked, &cid, &reply);
     }
     assert!(log.wait_for(RECOVERED_LOG, Duration::from_secs(10)));
+    let (status, body) = http_get(server.addr, "/healthz");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"store_writable\":true"), "{body}");
     let stored = check_bob(&server, &acked);
     assert_eq!(stored.len(), acked.len(), "every send stored exactly once");
     check_alice(&server, &acked);

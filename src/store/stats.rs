@@ -3,7 +3,7 @@
 //! between them is promised (a snapshot may show a batch counted before its jobs).
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 /// Number of power-of-two buckets: bucket 31 catches everything from 2^31 up (35 minutes of
@@ -125,6 +125,9 @@ pub struct Stats {
     /// statements, the WAL write and the fsync under `synchronous=FULL` (plus a checkpoint
     /// in the rare commit where the background checkpointer has fallen far behind).
     pub commit_us: Histogram,
+    /// The last write transaction failed for a cause outside its jobs (a full disk, an
+    /// I/O error): writes are answered `unavailable` until one commits again.
+    pub writes_failing: bool,
     /// Jobs waiting for the writer.
     pub writer_queue: usize,
     /// Jobs waiting for a reader.
@@ -146,9 +149,14 @@ pub(crate) struct Counters {
     batch_sizes: AtomicHistogram,
     commit_us: AtomicHistogram,
     checkpoint_finish_us: AtomicHistogram,
+    writes_failing: AtomicBool,
 }
 
 impl Counters {
+    pub(crate) fn writes_failing(&self, failing: bool) {
+        self.writes_failing.store(failing, Relaxed);
+    }
+
     pub(crate) fn committed(&self, jobs: usize, ok: u64, failed: u64, took: Duration) {
         self.batches.fetch_add(1, Relaxed);
         self.jobs.fetch_add(ok, Relaxed);
@@ -199,6 +207,7 @@ impl Counters {
             checkpoints: self.checkpoints.load(Relaxed),
             checkpoint_failures: self.checkpoint_failures.load(Relaxed),
             wal_pages: self.wal_pages.load(Relaxed),
+            writes_failing: self.writes_failing.load(Relaxed),
             batch_sizes: self.batch_sizes.snapshot(),
             commit_us: self.commit_us.snapshot(),
             checkpoint_finish_us: self.checkpoint_finish_us.snapshot(),

@@ -186,6 +186,8 @@ impl Writer {
                 }
             }
             self.run_batch(&mut memory, &batch, &mut outcomes, &mut outage);
+            // Before the completions: whoever hears `unavailable` and asks `/healthz` sees why.
+            self.counters.writes_failing(outage.since.is_some());
             for (job, outcome) in batch.drain(..).zip(outcomes.drain(..)) {
                 // Only fails when every receiver is gone; the commit stands either way.
                 let _ = self.done.send(complete(job, outcome));
