@@ -119,6 +119,12 @@ section "wss through nginx (scripts/nginx-test.sh)"
 scripts/nginx-test.sh
 done_section
 
+section "systemd unit (scripts/systemd-verify.sh)"
+# deploy/systemd/courier.service: systemd-analyze verify with no warnings, its exposure
+# score, and every system call of a traced run allowed by its SystemCallFilter.
+scripts/systemd-verify.sh
+done_section
+
 section "fuzz every target for ${FUZZ_SECONDS:-20}s (scripts/fuzz.sh)"
 scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
 done_section
