@@ -187,7 +187,6 @@ async function main() {
   tap(bob);
   await waitFor('nginx to cut the silent connection at its read timeout', () => silentClosedAt, READ_TIMEOUT_MS * 5 + 20000);
   check(silent.closeCode === 1006, `the silent connection was cut without a close frame (by the proxy, not courier: got ${silent.closeCode})`);
-  check(silentClosedAt - idleFrom >= READ_TIMEOUT_MS - 500, `the silent connection lasted about the read timeout (${silentClosedAt - idleFrom} ms)`);
   await waitFor('nginx to log the read timeout', () => /upstream timed out .* while proxying upgraded connection/.test(readLog(NGINX_ERROR_LOG)));
   await waitFor('the idle period to pass', () => Date.now() - idleFrom >= idleMs, idleMs + 5000);
   for (const d of [alice, bob]) {
