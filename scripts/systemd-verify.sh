@@ -225,7 +225,10 @@ courier_pid=""
 
 # strace writes "PID name(args..." (and "PID <... name resumed>" for a call another
 # thread interrupted, whose start is also on record).
-sed -n 's/^[0-9][0-9]* \([a-z0-9_]*\)(.*/\1/p' "$work/run/strace.out" | sort -u >"$work/used"
+# (strace pads the pid to five columns.)
+sed -n 's/^[0-9][0-9]*  *\([a-z0-9_]*\)(.*/\1/p' "$work/run/strace.out" | sort -u >"$work/used"
+# A run this long makes dozens; a handful means the trace was not read right.
+[ "$(wc -l <"$work/used")" -ge 20 ] || fail "only $(wc -l <"$work/used") system calls read from the trace"
 # execve is strace starting courier: systemd makes that call before the filter applies.
 grep -vx execve "$work/used" >"$work/used.run" || true
 outside=$(comm -23 "$work/used.run" "$allowed")
