@@ -112,6 +112,19 @@ section "chat page end to end in Chromium (scripts/e2e.sh)"
 scripts/e2e.sh
 done_section
 
+section "wss through nginx (scripts/nginx-test.sh)"
+# deploy/nginx/courier.conf in front of the debug binary `cargo test` built, the real
+# client library over wss: chat, the client's address through --trusted-proxy,
+# heartbeats past a short proxy_read_timeout, resume after `nginx -s reload`.
+scripts/nginx-test.sh
+done_section
+
+section "systemd unit (scripts/systemd-verify.sh)"
+# deploy/systemd/courier.service: systemd-analyze verify with no warnings, its exposure
+# score, and every system call of a traced run allowed by its SystemCallFilter.
+scripts/systemd-verify.sh
+done_section
+
 section "fuzz every target for ${FUZZ_SECONDS:-20}s (scripts/fuzz.sh)"
 scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
 done_section
