@@ -715,9 +715,8 @@ fn failure(completion: &Completion) -> Option<&crate::store::StoreError> {
         Completion::History { result, .. } => result.as_ref().err(),
         Completion::Members { result, .. } => result.as_ref().err(),
         Completion::Block { result, .. } => result.as_ref().err(),
-        Completion::BlockList { result, .. } | Completion::Reach { result, .. } => {
-            result.as_ref().err()
-        }
+        Completion::BlockList { result, .. } => result.as_ref().err(),
+        Completion::Reach { result, .. } => result.as_ref().err(),
     }?;
     match error {
         StoreError::Forbidden(_)

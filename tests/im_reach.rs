@@ -102,11 +102,28 @@ fn a_blocked_user_cannot_dm_add_type_or_watch_and_hears_only_forbidden() {
         json!({"type": "group_create", "name": "t", "members": ["bob", "cat"]}),
     );
     forbidden(&mut bob, dm("ann", "b1"));
-    let (watch, before) = ok(&mut ann, json!({"type": "watch", "users": ["bob"]}));
+    // Nor is ann's group_add of bob to a group of her own.
+    let (group, _) = ok(
+        &mut ann,
+        json!({"type": "group_create", "name": "t", "members": ["cat"]}),
+    );
+    forbidden(
+        &mut ann,
+        json!({"type": "group_add", "gid": group["gid"], "members": ["bob"]}),
+    );
+    let (info, _) = ok(&mut ann, json!({"type": "group_info", "gid": group["gid"]}));
+    assert_eq!(info["members"], json!(["ann", "cat"]), "nobody added");
+    // A new watch shows bob, online, as a contact who is offline: as cat (offline, a
+    // contact by the group) shows, and unlike a stranger, who is not reported at all.
+    let (watch, before) = ok(
+        &mut ann,
+        json!({"type": "watch", "users": ["bob", "cat", "zed"]}),
+    );
     assert_eq!(watch["type"], "ok");
-    assert!(
-        presences(&before).is_empty(),
-        "nothing about bob: {before:?}"
+    assert_eq!(
+        presences(&before),
+        [("bob".to_owned(), false), ("cat".to_owned(), false)],
+        "{before:?}"
     );
     // The resend of what went through before the block keeps its answer.
     let (again, _) = ok(&mut ann, dm("bob", "a1"));

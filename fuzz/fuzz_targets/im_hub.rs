@@ -38,7 +38,7 @@ use courier::im::hub::{
 use courier::im::protocol::{self, ErrorCode, Request, MAX_ECHOED_CID, MAX_ERROR_MESSAGE};
 use courier::store::{
     Audience, Completion, ConvSummary, Entry, GroupChange, GroupInfo, History, Job, Lane,
-    Message as StoredMessage, Page, ReadMoved, Sent, StoreError,
+    Message as StoredMessage, Page, Reach, ReadMoved, Sent, StoreError,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -549,6 +549,7 @@ impl Store {
             name,
             owner,
             members,
+            changed: users.to_vec(),
             event: Some(event),
         }
     }
@@ -560,6 +561,7 @@ impl Store {
             name: group.name.clone(),
             owner: group.owner.clone(),
             members: group.members.clone(),
+            changed: Vec::new(),
             event: None,
         }
     }
@@ -806,41 +808,41 @@ impl Store {
     }
 
     /// As the reader: a dm with a message, or a group in common now, and no block.
-    fn reach(&self, user: &str, audience: Audience) -> Result<Vec<String>, StoreError> {
+    fn reach(&self, user: &str, audience: Audience) -> Result<Reach, StoreError> {
+        let mut reach = Reach::default();
+        let mut sort = |peer: &String| {
+            if reach.reachable.contains(peer) || reach.hidden.contains(peer) {
+            } else if self.blocked_between(user, peer) {
+                reach.hidden.push(peer.clone());
+            } else {
+                reach.reachable.push(peer.clone());
+            }
+        };
         match audience {
             Audience::Group(gid) => {
                 let group = self.group(gid).ok_or(not_found("no such group"))?;
                 if !group.members.iter().any(|m| m == user) {
                     return Err(forbidden("not a member of this group"));
                 }
-                Ok(group
-                    .members
-                    .iter()
-                    .filter(|m| *m != user && !self.blocked_between(user, m))
-                    .cloned()
-                    .collect())
+                for member in group.members.iter().filter(|m| *m != user) {
+                    sort(member);
+                }
             }
             Audience::Users(peers) => {
-                let mut reachable: Vec<String> = Vec::new();
-                for peer in peers {
-                    if reachable.contains(&peer) {
-                        continue;
-                    }
-                    let dm = dm_conv(user, &peer);
+                for peer in &peers {
+                    let dm = dm_conv(user, peer);
                     let talked = self.msgs.iter().any(|m| m.conv == dm);
                     let grouped = self
                         .groups
                         .iter()
-                        .any(|g| g.members.iter().any(|m| m == user) && g.members.contains(&peer));
-                    let within =
-                        peer == user || ((talked || grouped) && !self.blocked_between(user, &peer));
-                    if within {
-                        reachable.push(peer);
+                        .any(|g| g.members.iter().any(|m| m == user) && g.members.contains(peer));
+                    if peer == user || talked || grouped {
+                        sort(peer);
                     }
                 }
-                Ok(reachable)
             }
         }
+        Ok(reach)
     }
 
     fn group_send(

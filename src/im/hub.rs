@@ -29,6 +29,7 @@ use crate::store::{
     ReadMoved, Sent, StoreError,
 };
 use crate::timer::{TimerId, Wheel};
+use reach::{Ask, ReachRead};
 
 /// Writes one connection may have waiting behind its `sync`, and reads waiting behind its
 /// writes: past this they are refused as `unavailable`, so a client that floods meanwhile
@@ -264,23 +265,8 @@ enum Pending {
         conn: ConnKey,
         rid: Option<Rid>,
     },
-    /// Whom a `typing` may reach: relayed to them, then answered.
-    Typing {
-        conn: ConnKey,
-        rid: Option<Rid>,
-        from: Rc<str>,
-        conv: String,
-    },
-    /// Which of the users a `watch` names are within reach.
-    Watch {
-        conn: ConnKey,
-        rid: Option<Rid>,
-        users: Vec<String>,
-    },
-    /// Which of a connection's wanted users came within reach (a group change).
-    Rewatch {
-        conn: ConnKey,
-    },
+    /// Whom a `watch`, a `typing` or a second look may reach.
+    Reach(ReachRead),
 }
 
 enum Write {
@@ -317,6 +303,8 @@ pub struct Hub {
     acks: u64,
     /// Who watches each user's presence.
     watchers: HashMap<Rc<str>, HashSet<ConnKey>>,
+    /// The reach reads in flight, by whose they are: what a commit marks stale.
+    reach_reads: HashMap<Rc<str>, Vec<u64>>,
 }
 
 impl Session {
@@ -375,17 +363,13 @@ impl Session {
             Request::Convs { .. }
             | Request::History { .. }
             | Request::GroupInfo { .. }
-            | Request::Blocked
-            | Request::Watch { .. } => {
+            | Request::Blocked => {
                 !self.syncing
                     && self.writes_in_flight == 0
                     && self.queries_in_flight == 0
                     && !self.output_blocked
             }
             other if other.writes() => !self.syncing && self.queries_in_flight == 0,
-            // Whom it reaches must see the writes before it (a first message to the peer);
-            // its answer is small, so it is not held behind unread output.
-            Request::Typing { .. } => !self.syncing && self.writes_in_flight == 0,
             _ => true,
         }
     }
@@ -493,6 +477,7 @@ impl Hub {
             stopping: false,
             acks: 0,
             watchers: HashMap::new(),
+            reach_reads: HashMap::new(),
         }
     }
 
@@ -604,188 +589,6 @@ impl Hub {
         }
         self.start_waiting(conn, now, out);
         self.pump(conn, out);
-    }
-
-    /// Tells everyone watching `user` that they came online or went offline.
-    fn presence_changed(&self, user: &str, online: bool, out: &mut Vec<Action>) {
-        let Some(watchers) = self.watchers.get(user) else {
-            return;
-        };
-        let text = Reply::Presence { user, online }.to_json();
-        for &watcher in watchers {
-            out.push(Action::Send {
-                conn: watcher,
-                text: text.clone(),
-                traffic: Traffic::Event,
-            });
-        }
-    }
-
-    fn online(&self, user: &str) -> bool {
-        self.users.get(user).is_some_and(|u| !u.conns.is_empty())
-    }
-
-    /// Replaces what `conn` watches with `users`: those `reachable` are watched at once,
-    /// each answered with their present state; the rest wait, unanswered, until they come
-    /// within reach.
-    fn watch(
-        &mut self,
-        conn: ConnKey,
-        users: Vec<String>,
-        reachable: &[String],
-        out: &mut Vec<Action>,
-    ) {
-        let Some(session) = self.sessions.get_mut(&conn) else {
-            return;
-        };
-        let old = std::mem::take(&mut session.watching);
-        session.wanted.clear();
-        self.unwatch(conn, &old);
-        let mut seen: HashSet<&str> = HashSet::with_capacity(users.len());
-        for user in &users {
-            if !seen.insert(user) {
-                continue;
-            }
-            if reachable.contains(user) {
-                self.start_watching(conn, user, out);
-            } else if let Some(session) = self.sessions.get_mut(&conn) {
-                session.wanted.push(Rc::from(user.as_str()));
-            }
-        }
-    }
-
-    /// `conn` watches `user` from now on, starting with their present state.
-    fn start_watching(&mut self, conn: ConnKey, user: &str, out: &mut Vec<Action>) {
-        let name: Rc<str> = match self.watchers.get_key_value(user) {
-            Some((name, _)) => name.clone(),
-            None => Rc::from(user),
-        };
-        self.watchers.entry(name.clone()).or_default().insert(conn);
-        let online = self.online(&name);
-        reply(
-            out,
-            conn,
-            &Reply::Presence {
-                user: &name,
-                online,
-            },
-        );
-        if let Some(session) = self.sessions.get_mut(&conn) {
-            session.watching.push(name);
-        }
-    }
-
-    /// The wanted users of `conn` among `reachable` are watched from now on.
-    fn came_within_reach(&mut self, conn: ConnKey, reachable: &[String], out: &mut Vec<Action>) {
-        let Some(session) = self.sessions.get_mut(&conn) else {
-            return;
-        };
-        let mut now_reachable = Vec::new();
-        session.wanted.retain(|user| {
-            let reached = reachable.iter().any(|r| **r == **user);
-            if reached {
-                now_reachable.push(user.clone());
-            }
-            !reached
-        });
-        for user in now_reachable {
-            self.start_watching(conn, &user, out);
-        }
-    }
-
-    /// A block between `a` and `b`: whichever watched the other stops, as if the other had
-    /// gone offline, and waits for them to come within reach again (an unblock and a new
-    /// message, or a group).
-    fn out_of_reach(&mut self, a: &str, b: &str, out: &mut Vec<Action>) {
-        for (watcher, watched) in [(a, b), (b, a)] {
-            let Some(conns) = self.users.get(watcher).map(|u| u.conns.clone()) else {
-                continue;
-            };
-            let online = self.online(watched);
-            for conn in conns {
-                let Some(session) = self.sessions.get_mut(&conn) else {
-                    continue;
-                };
-                let Some(i) = session.watching.iter().position(|w| **w == *watched) else {
-                    continue;
-                };
-                let name = session.watching.swap_remove(i);
-                session.wanted.push(name.clone());
-                self.unwatch(conn, &[name]);
-                if online {
-                    let presence = Reply::Presence {
-                        user: watched,
-                        online: false,
-                    };
-                    reply(out, conn, &presence);
-                }
-            }
-        }
-    }
-
-    /// After a dm between `a` and `b` committed: each is within the other's reach.
-    fn dm_sent(&mut self, a: &str, b: &str, out: &mut Vec<Action>) {
-        for (watcher, watched) in [(a, b), (b, a)] {
-            let Some(conns) = self.users.get(watcher).map(|u| u.conns.clone()) else {
-                continue;
-            };
-            for conn in conns {
-                let wants = self
-                    .sessions
-                    .get(&conn)
-                    .is_some_and(|s| s.wanted.iter().any(|w| **w == *watched));
-                if wants {
-                    self.came_within_reach(conn, &[watched.to_owned()], out);
-                }
-            }
-        }
-    }
-
-    /// After a group change: the members' connections that want another member ask again
-    /// whether they are within reach now (a block may still stand between them).
-    fn group_changed(&mut self, members: &[String], out: &mut Vec<Action>) {
-        let names: HashSet<&str> = members.iter().map(String::as_str).collect();
-        let mut asks = Vec::new();
-        for member in members {
-            let Some(entry) = self.users.get(member.as_str()) else {
-                continue;
-            };
-            for &conn in &entry.conns {
-                let Some(session) = self.sessions.get(&conn) else {
-                    continue;
-                };
-                let wanted: Vec<String> = session
-                    .wanted
-                    .iter()
-                    .filter(|w| names.contains(&***w))
-                    .map(|w| w.to_string())
-                    .collect();
-                if !wanted.is_empty() {
-                    asks.push((conn, member.clone(), wanted));
-                }
-            }
-        }
-        for (conn, user, wanted) in asks {
-            let tag = self.tag();
-            self.pending.insert(tag, Pending::Rewatch { conn });
-            let audience = Audience::Users(wanted);
-            out.push(Action::Store(Job::Reach {
-                tag,
-                user,
-                audience,
-            }));
-        }
-    }
-
-    fn unwatch(&mut self, conn: ConnKey, users: &[Rc<str>]) {
-        for user in users {
-            if let Some(list) = self.watchers.get_mut(user) {
-                list.remove(&conn);
-                if list.is_empty() {
-                    self.watchers.remove(user);
-                }
-            }
-        }
     }
 
     /// The connection is gone. Its unacked entries stay in the inbox for the next sync.
@@ -1044,16 +847,8 @@ impl Hub {
                 out.push(Action::Store(job));
             }
             Request::Watch { users } => {
-                session.queries_in_flight += 1;
-                let tag = self.tag();
                 let audience = Audience::Users(users.clone());
-                self.pending
-                    .insert(tag, Pending::Watch { conn, rid, users });
-                out.push(Action::Store(Job::Reach {
-                    tag,
-                    user,
-                    audience,
-                }));
+                self.ask_reach(conn, Ask::Watch { rid, users }, audience, out);
             }
             Request::Block { user: peer } | Request::Unblock { user: peer } => {
                 let block = blocking;
@@ -1091,25 +886,15 @@ impl Hub {
                 let Ok(target) = parse_target(&to) else {
                     return;
                 };
-                let (conv, audience) = match target {
-                    Target::User(peer) => {
-                        (dm_conv(&from, peer), Audience::Users(vec![peer.to_owned()]))
-                    }
-                    Target::Group(gid) => (format!("group:{gid}"), Audience::Group(gid)),
+                let (conv, peer, audience) = match target {
+                    Target::User(peer) => (
+                        dm_conv(&from, peer),
+                        Some(peer.to_owned()),
+                        Audience::Users(vec![peer.to_owned()]),
+                    ),
+                    Target::Group(gid) => (format!("group:{gid}"), None, Audience::Group(gid)),
                 };
-                let tag = self.tag();
-                let pending = Pending::Typing {
-                    conn,
-                    rid,
-                    from,
-                    conv,
-                };
-                self.pending.insert(tag, pending);
-                out.push(Action::Store(Job::Reach {
-                    tag,
-                    user,
-                    audience,
-                }));
+                self.ask_reach(conn, Ask::Typing { rid, conv, peer }, audience, out);
             }
         }
     }
@@ -1137,33 +922,6 @@ impl Hub {
         };
         self.pending.insert(tag, pending);
         out.push(Action::Store(job(tag)));
-    }
-
-    /// Relays `typing` to the live connections of `to`, never to the typist's own.
-    fn relay_typing<'a>(
-        &self,
-        conv: &str,
-        from: &str,
-        to: impl IntoIterator<Item = &'a str>,
-        out: &mut Vec<Action>,
-    ) {
-        let mut text = None;
-        for user in to {
-            if user == from {
-                continue;
-            }
-            let Some(entry) = self.users.get(user) else {
-                continue;
-            };
-            for &peer in &entry.conns {
-                let text = text.get_or_insert_with(|| Reply::Typing { conv, from }.to_json());
-                out.push(Action::Send {
-                    conn: peer,
-                    text: text.clone(),
-                    traffic: Traffic::Event,
-                });
-            }
-        }
     }
 
     fn send(
@@ -1245,20 +1003,7 @@ impl Hub {
                 error(out, conn, rid, None, ErrorCode::Unavailable, message);
                 self.query_done(conn, now, out);
             }
-            Some(Pending::Typing { conn, rid, .. }) => {
-                // Not worth a retry: the client types again.
-                let message = "the server is busy: try again";
-                let rid = rid.as_deref();
-                error(out, conn, rid, None, ErrorCode::Unavailable, message);
-            }
-            Some(Pending::Watch { conn, rid, .. }) => {
-                let message = "the server is busy: try again";
-                let rid = rid.as_deref();
-                error(out, conn, rid, None, ErrorCode::Unavailable, message);
-                self.query_done(conn, now, out);
-            }
-            // Retried at the next group change or `watch`.
-            Some(Pending::Rewatch { .. }) => {}
+            Some(Pending::Reach(read)) => self.reach_refused(job.tag(), read, out),
             Some(Pending::Read { conn, read }) => {
                 let Some(session) = self.sessions.get_mut(&conn) else {
                     return;
@@ -1383,9 +1128,8 @@ impl Hub {
                         }
                         if let Some(event) = &change.event {
                             self.deliver(None, event, None, now, out);
-                            if matches!(write, Write::Group { answer: true }) {
-                                self.group_changed(&change.members, out);
-                            }
+                            let joined = matches!(write, Write::Group { answer: true });
+                            self.group_changed(&change.changed, &change.members, joined, out);
                         }
                     }
                     Err(e) => {
@@ -1436,15 +1180,24 @@ impl Hub {
                 match result {
                     Ok(()) => {
                         ok(answer, conn, rid.as_deref());
-                        if let Write::Block { peer, block: true } = write {
-                            self.out_of_reach(&user, &peer, out);
+                        match write {
+                            Write::Block { peer, block: true } => self.blocked(&user, &peer, out),
+                            Write::Block { peer, block: false } => {
+                                self.unblocked(&user, &peer, out)
+                            }
+                            _ => {}
                         }
                     }
                     Err(e) => failed(answer, conn, rid.as_deref(), None, &e),
                 }
                 self.write_done(conn, now, out);
             }
-            Completion::Reach { tag, result } => self.reached(tag, result, now, out),
+            Completion::Reach { tag, result } => {
+                let Some(Pending::Reach(read)) = self.pending.remove(&tag) else {
+                    return;
+                };
+                self.reached(tag, read, result, out);
+            }
             Completion::Page { tag, result, .. } => {
                 let Some(Pending::Read { conn, read }) = self.pending.remove(&tag) else {
                     return;
@@ -1579,61 +1332,6 @@ impl Hub {
             if sent.conv.starts_with("dm:") {
                 self.dm_sent(&sent.from, peer, out);
             }
-        }
-    }
-
-    /// Whom a `watch`, a `typing` or a group change's second look may reach.
-    fn reached(
-        &mut self,
-        tag: u64,
-        result: Result<Vec<String>, StoreError>,
-        now: Now,
-        out: &mut Vec<Action>,
-    ) {
-        match self.pending.remove(&tag) {
-            Some(Pending::Watch { conn, rid, users }) => {
-                if self.sessions.contains_key(&conn) {
-                    match result {
-                        Ok(reachable) => {
-                            self.watch(conn, users, &reachable, out);
-                            ok(out, conn, rid.as_deref());
-                        }
-                        Err(e) => failed(out, conn, rid.as_deref(), None, &e),
-                    }
-                }
-                self.query_done(conn, now, out);
-            }
-            Some(Pending::Typing {
-                conn,
-                rid,
-                from,
-                conv,
-            }) => {
-                if !self.sessions.contains_key(&conn) {
-                    return;
-                }
-                match result {
-                    // A dm peer out of reach is told apart from nobody: a blocked user
-                    // hears what a stranger hears.
-                    Ok(reachable) if reachable.is_empty() && conv.starts_with("dm:") => {
-                        let message = "cannot reach this user";
-                        let rid = rid.as_deref();
-                        error(out, conn, rid, None, ErrorCode::Forbidden, message);
-                    }
-                    Ok(reachable) => {
-                        let to = reachable.iter().map(String::as_str);
-                        self.relay_typing(&conv, &from, to, out);
-                        ok(out, conn, rid.as_deref());
-                    }
-                    Err(e) => failed(out, conn, rid.as_deref(), None, &e),
-                }
-            }
-            Some(Pending::Rewatch { conn }) => {
-                if let Ok(reachable) = result {
-                    self.came_within_reach(conn, &reachable, out);
-                }
-            }
-            _ => {}
         }
     }
 
@@ -2189,7 +1887,10 @@ fn check(request: &Request, max_body: usize) -> Result<(), (ErrorCode, String)> 
 
 /// Requests answered from the store, refused while the server stops.
 fn needs_store(request: &Request) -> bool {
-    !matches!(request, Request::Ping | Request::Ack { .. })
+    !matches!(
+        request,
+        Request::Ping | Request::Ack { .. } | Request::Watch { .. } | Request::Typing { .. }
+    )
 }
 
 /// `user:<id>` or `group:<gid>`.
@@ -2246,5 +1947,6 @@ fn valid_kind(kind: &str) -> bool {
         && !matches!(kind, "recall" | "group")
 }
 
+mod reach;
 #[cfg(test)]
 mod tests;

@@ -13,6 +13,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::user_id::valid_user_id;
 
+use super::blocks;
 use super::groups::Groups;
 use super::schema::get_u64;
 use super::writer::{Fail, Users};
@@ -191,6 +192,11 @@ pub(crate) fn mark_read(
         )?
         .execute(params![uid, conv, stored_mid])?;
     }
+    // No receipt across a block: it would show the blocked user the blocker is active.
+    let peer = match peer.and_then(|p| users.find(p).map(|i| (p, users.uid(i)))) {
+        Some((_, peer_uid)) if blocks::between(conn, uid, peer_uid)? => None,
+        found => found.map(|(p, _)| p),
+    };
     Ok(Outcome::Read(ReadMoved {
         conv: conv.to_owned(),
         mid: old.map_or(mid, |old| mid.max(old)),

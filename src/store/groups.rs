@@ -290,7 +290,7 @@ pub(crate) fn create(
         mid,
         ts,
     )?;
-    let change = change(users, gid, &group, Some(sent));
+    let change = change(users, gid, &group, &group.members, Some(sent));
     groups.insert(gid, group);
     Ok(Outcome::Group(change))
 }
@@ -350,7 +350,7 @@ pub(crate) fn add(
         .filter(|&m| seen.insert(m) && !users.find(m).is_some_and(|i| current.contains(&i)))
         .collect();
     if new.is_empty() {
-        return Ok(Outcome::Group(change(users, gid, group, None)));
+        return Ok(Outcome::Group(change(users, gid, group, &[], None)));
     }
     if group.members.len() + new.len() > max_members as usize {
         return Err(Fail::forbidden("the group would have too many members"));
@@ -371,7 +371,7 @@ pub(crate) fn add(
     join(conn, users, gid, &added, mid)?;
     group.members.extend_from_slice(&added);
     let sent = event(conn, users, gid, group, "add", owner, &added, mid, ts)?;
-    let change = change(users, gid, group, Some(sent));
+    let change = change(users, gid, group, &added, Some(sent));
     groups.slots += added.len();
     Ok(Outcome::Group(change))
 }
@@ -410,7 +410,7 @@ pub(crate) fn leave(
     }
     let mid = events::next_mid(conn)?;
     let sent = event(conn, users, gid, group, "leave", u, &[u], mid, ts)?;
-    Ok(Outcome::Group(change(users, gid, group, Some(sent))))
+    Ok(Outcome::Group(change(users, gid, group, &[u], Some(sent))))
 }
 
 /// Adds `joiners` to `gid`'s members, joined by event `mid`, and lists the conversation
@@ -497,9 +497,16 @@ fn event(
     )
 }
 
-fn change(users: &Users, gid: u64, group: &Group, event: Option<Sent>) -> GroupChange {
+fn change(
+    users: &Users,
+    gid: u64,
+    group: &Group,
+    changed: &[u32],
+    event: Option<Sent>,
+) -> GroupChange {
     GroupChange {
         gid,
+        changed: changed.iter().map(|&m| users.name(m).to_owned()).collect(),
         name: group.name.clone(),
         owner: group.owner.map(|o| users.name(o).to_owned()),
         members: group

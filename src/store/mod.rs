@@ -352,6 +352,17 @@ pub enum Job {
     },
 }
 
+/// The answer to a [`Job::Reach`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reach {
+    /// Within reach, in the order asked (a group's members in join order).
+    pub reachable: Vec<String>,
+    /// Sharing a conversation with the asker, but with a block between them: out of reach,
+    /// and to be shown as a contact who is offline, never as a stranger (that would tell
+    /// the blocked user who blocks them).
+    pub hidden: Vec<String>,
+}
+
 /// Whom a [`Job::Reach`] asks about.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Audience {
@@ -457,10 +468,9 @@ pub enum Completion {
         tag: u64,
         result: Result<Vec<String>, StoreError>,
     },
-    /// The users reachable, as [`Job::Reach`] says.
     Reach {
         tag: u64,
-        result: Result<Vec<String>, StoreError>,
+        result: Result<Reach, StoreError>,
     },
 }
 
@@ -503,6 +513,9 @@ pub struct GroupChange {
     pub owner: Option<String>,
     /// Current members, in the order they joined.
     pub members: Vec<String>,
+    /// Whom the change is about: every member of a new group, those an add added, the
+    /// user who left; empty when nothing changed.
+    pub changed: Vec<String>,
     /// The `kind: "group"` message and its deliveries (every member after the change, and
     /// whoever left); `None` when nothing changed (an add of people already in).
     /// Its body is the JSON object `{"op","gid","name","owner","users"}`: the change,
@@ -867,6 +880,7 @@ pub(crate) enum Outcome {
     /// A write whose answer is only that it committed.
     Done,
     Users(Vec<String>),
+    Reach(Reach),
 }
 
 /// Joins a job with its outcome, moving the job's strings into the completion.
@@ -982,7 +996,7 @@ pub(crate) fn complete(job: Job, outcome: Result<Outcome, StoreError>) -> Comple
         },
         Job::Reach { tag, .. } => Completion::Reach {
             tag,
-            result: built!(Users),
+            result: built!(Reach),
         },
         Job::Page {
             tag, user, after, ..

@@ -58,7 +58,7 @@ impl Reader {
                     views::blocked(&mut self.conn, user).map(Outcome::Users)
                 }
                 Job::Reach { user, audience, .. } => {
-                    views::reach(&mut self.conn, user, audience).map(Outcome::Users)
+                    views::reach(&mut self.conn, user, audience).map(Outcome::Reach)
                 }
                 _ => Err(StoreError::Internal("write job routed to a reader".into())),
             };

@@ -1323,7 +1323,7 @@ impl Im {
         }
     }
 
-    fn reach(&self, user: &str, audience: Audience) -> Result<Vec<String>, StoreError> {
+    fn reach(&self, user: &str, audience: Audience) -> Result<Reach, StoreError> {
         match self.run(Job::Reach {
             tag: 0,
             user: user.into(),
@@ -1337,6 +1337,13 @@ impl Im {
     fn reach_users(&self, user: &str, peers: &[&str]) -> Vec<String> {
         self.reach(user, Audience::Users(strings(peers)))
             .expect("reach")
+            .reachable
+    }
+
+    fn hidden_users(&self, user: &str, peers: &[&str]) -> Vec<String> {
+        self.reach(user, Audience::Users(strings(peers)))
+            .expect("reach")
+            .hidden
     }
 }
 
@@ -1375,6 +1382,68 @@ fn a_block_refuses_a_dm_either_way_keeps_resends_answered_and_lifts_with_unblock
     im.block("bob", "ann", false).unwrap();
     assert!(im.blocked("bob").is_empty());
     assert!(!im.try_send("ann", "bob", "a4").unwrap().duplicate);
+}
+
+#[test]
+fn a_block_inside_a_batch_stops_the_sends_after_it_even_for_a_pair_just_seen() {
+    let dir = TempDir::new("block-batch");
+    let (store, done, gate) = open_held(&config(&dir));
+    submit(&store, send_job(1, "ann", "bob", "a1", "before"));
+    submit(
+        &store,
+        Job::Block {
+            tag: 2,
+            user: "bob".into(),
+            peer: "ann".into(),
+            block: true,
+            ts: TS,
+        },
+    );
+    submit(&store, send_job(3, "ann", "bob", "a2", "after"));
+    submit(&store, send_job(4, "bob", "ann", "b1", "after"));
+    gate.send(()).unwrap();
+    let results: Vec<Completion> = (0..4).map(|_| recv(&done)).collect();
+    assert_eq!(store.stats().batches, 1, "one transaction");
+    assert!(matches!(
+        &results[0],
+        Completion::Sent { result: Ok(_), .. }
+    ));
+    assert!(matches!(
+        &results[1],
+        Completion::Block { result: Ok(()), .. }
+    ));
+    for later in &results[2..] {
+        assert!(
+            matches!(
+                later,
+                Completion::Sent {
+                    result: Err(StoreError::Forbidden(_)),
+                    ..
+                }
+            ),
+            "{later:?}"
+        );
+    }
+    drop(store);
+    assert_eq!(count(&dir, "messages"), 1);
+}
+
+#[test]
+fn no_read_receipt_or_peer_cursor_crosses_a_block() {
+    let dir = TempDir::new("block-receipts");
+    let im = Im::open(&dir);
+    let sent = im.send("ann", "bob", "hello");
+    im.block("bob", "ann", true).unwrap();
+    let moved = im.read("bob", &sent.conv, sent.mid).unwrap();
+    assert!(moved.moved);
+    assert_eq!(moved.peer, None, "ann gets no receipt");
+    let ann = im.convs("ann", 10);
+    assert_eq!(
+        ann[0].peer_read_mid, None,
+        "nor sees bob's cursor in her list"
+    );
+    im.block("bob", "ann", false).unwrap();
+    assert_eq!(im.convs("ann", 10)[0].peer_read_mid, Some(sent.mid));
 }
 
 #[test]
@@ -1455,13 +1524,23 @@ fn reach_is_a_dm_with_a_message_or_a_group_now_and_no_block() {
     im.block("ann", "bob", true).unwrap();
     assert_eq!(im.reach_users("ann", &["bob", "cat", "dan"]), ["cat"]);
     assert_eq!(
+        im.hidden_users("ann", &["bob", "cat", "dan", "zed"]),
+        ["bob", "dan"],
+        "contacts across a block are told apart from strangers, for the hub to hide"
+    );
+    assert_eq!(
         im.reach_users("dan", &["ann", "cat"]),
         ["cat"],
         "either way"
     );
+    assert!(
+        im.hidden_users("zed", &["eve"]).is_empty(),
+        "no conversation"
+    );
+    let group = im.reach("ann", Audience::Group(team.gid)).unwrap();
     assert_eq!(
-        im.reach("ann", Audience::Group(team.gid)).unwrap(),
-        ["cat"],
+        (group.reachable, group.hidden),
+        (strings(&["cat"]), strings(&["dan"])),
         "a group's typing skips members across a block"
     );
     // A member who left shares the group no more.

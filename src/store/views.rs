@@ -3,6 +3,7 @@
 //! statements see the same snapshot (a list's unread counts match its last messages).
 
 use std::cmp::Reverse;
+use std::collections::HashSet;
 
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
@@ -10,7 +11,7 @@ use super::blocks;
 use super::conv::ConvId;
 use super::error::{sql, StoreError};
 use super::schema::{get_opt_u64, get_u64};
-use super::{dm_conv, Audience, ConvSummary, GroupInfo, History, Message};
+use super::{dm_conv, Audience, ConvSummary, GroupInfo, History, Message, Reach};
 
 /// A read that failed: refused (answer as is) or SQLite's error.
 enum Fail {
@@ -81,7 +82,14 @@ fn convs_in(tx: &Transaction<'_>, user: &str, limit: u32) -> Result<Vec<ConvSumm
             Some(ConvId::Group(gid)) => item.name = group_name(tx, gid)?,
             Some(ConvId::Dm(a, b)) => {
                 if let Ok(Some(peer)) = ConvId::dm_peer(a, b, user) {
-                    item.peer_read_mid = Some(read_mid_of(tx, peer, &item.conv)?.unwrap_or(0));
+                    // Across a block, the peer's cursor would show that they are active.
+                    let blocked = match uid_of(tx, peer)? {
+                        Some(peer_uid) => blocks::between(tx, uid, peer_uid)?,
+                        None => false,
+                    };
+                    if !blocked {
+                        item.peer_read_mid = Some(read_mid_of(tx, peer, &item.conv)?.unwrap_or(0));
+                    }
                 }
             }
             None => {}
@@ -244,55 +252,79 @@ pub(crate) fn reach(
     conn: &mut Connection,
     user: &str,
     audience: &Audience,
-) -> Result<Vec<String>, StoreError> {
+) -> Result<Reach, StoreError> {
     Ok(read(conn, |tx| match audience {
         Audience::Group(gid) => {
             member_of(tx, user, *gid)?;
-            let members = tx
-                .prepare_cached(
-                    "SELECT p.name FROM users AS u CROSS JOIN members AS m
-                     CROSS JOIN users AS p ON p.uid = m.uid
-                     WHERE u.name = ?1 AND m.gid = ?2 AND m.uid <> u.uid
-                       AND NOT EXISTS(SELECT 1 FROM blocks WHERE blocker = u.uid AND blocked = m.uid)
-                       AND NOT EXISTS(SELECT 1 FROM blocks WHERE blocker = m.uid AND blocked = u.uid)
-                     ORDER BY m.joined, m.uid",
-                )?
-                .query_map(params![user, *gid as i64], |row| row.get(0))?
-                .collect::<rusqlite::Result<Vec<String>>>()?;
-            Ok(members)
-        }
-        Audience::Users(peers) => {
-            let Some(uid) = uid_of(tx, user)? else {
-                // A user with no row has no conversation with anyone.
-                return Ok(peers.iter().filter(|p| *p == user).cloned().collect());
-            };
-            let mut reachable = Vec::new();
-            for peer in peers {
-                if reachable.contains(peer) {
-                    continue;
-                }
-                if peer == user || shares_a_conversation(tx, uid, user, peer)? {
-                    reachable.push(peer.clone());
+            let mut reach = Reach::default();
+            let mut members = tx.prepare_cached(
+                "SELECT p.name, EXISTS(SELECT 1 FROM blocks WHERE blocker = u.uid AND blocked = m.uid)
+                             OR EXISTS(SELECT 1 FROM blocks WHERE blocker = m.uid AND blocked = u.uid)
+                 FROM users AS u CROSS JOIN members AS m CROSS JOIN users AS p ON p.uid = m.uid
+                 WHERE u.name = ?1 AND m.gid = ?2 AND m.uid <> u.uid
+                 ORDER BY m.joined, m.uid",
+            )?;
+            let mut rows = members.query(params![user, *gid as i64])?;
+            while let Some(row) = rows.next()? {
+                let (name, blocked): (String, bool) = (row.get(0)?, row.get(1)?);
+                if blocked {
+                    reach.hidden.push(name);
+                } else {
+                    reach.reachable.push(name);
                 }
             }
-            Ok(reachable)
+            Ok(reach)
+        }
+        Audience::Users(peers) => {
+            let mut reach = Reach::default();
+            let Some(uid) = uid_of(tx, user)? else {
+                // A user with no row has no conversation with anyone.
+                if peers.iter().any(|p| p == user) {
+                    reach.reachable.push(user.to_owned());
+                }
+                return Ok(reach);
+            };
+            let mut groups = None;
+            for peer in peers {
+                if reach.reachable.contains(peer) || reach.hidden.contains(peer) {
+                    continue;
+                }
+                if peer == user {
+                    reach.reachable.push(peer.clone());
+                    continue;
+                }
+                let Some(peer_uid) = uid_of(tx, peer)? else {
+                    continue;
+                };
+                if !shares_a_conversation(tx, uid, user, peer_uid, peer, &mut groups)? {
+                    continue;
+                }
+                if blocks::between(tx, uid, peer_uid)? {
+                    reach.hidden.push(peer.clone());
+                } else {
+                    reach.reachable.push(peer.clone());
+                }
+            }
+            Ok(reach)
         }
     })?)
 }
 
-/// A dm with a message in it, or a group both are members of now, and no block either way.
+/// Past this many groups of the asker, a peer's groups are scanned against the asker's
+/// instead of the asker's probed for the peer: either way the cost follows the smaller
+/// side for the usual user, not the largest group list.
+const PROBE_GROUPS: usize = 64;
+
+/// A dm with a message in it, or a group both are members of now. `groups` caches the
+/// asker's groups for the rest of the request.
 fn shares_a_conversation(
     tx: &Transaction<'_>,
     uid: i64,
     user: &str,
+    peer_uid: i64,
     peer: &str,
+    groups: &mut Option<HashSet<i64>>,
 ) -> Result<bool, Fail> {
-    let Some(peer_uid) = uid_of(tx, peer)? else {
-        return Ok(false);
-    };
-    if blocks::between(tx, uid, peer_uid)? {
-        return Ok(false);
-    }
     // Both sides get their `convs` row with the first message of a dm.
     let dm = tx
         .prepare_cached("SELECT 1 FROM convs WHERE uid = ?1 AND conv = ?2")?
@@ -302,15 +334,33 @@ fn shares_a_conversation(
     if dm {
         return Ok(true);
     }
-    let group = tx
-        .prepare_cached(
-            "SELECT 1 FROM members AS a CROSS JOIN members AS b ON b.gid = a.gid AND b.uid = ?2
-             WHERE a.uid = ?1 LIMIT 1",
-        )?
-        .query_row(params![uid, peer_uid], |_| Ok(()))
-        .optional()?
-        .is_some();
-    Ok(group)
+    let groups = match groups {
+        Some(groups) => groups,
+        None => {
+            let mine = tx
+                .prepare_cached("SELECT gid FROM members WHERE uid = ?1")?
+                .query_map([uid], |row| row.get(0))?
+                .collect::<rusqlite::Result<HashSet<i64>>>()?;
+            groups.insert(mine)
+        }
+    };
+    if groups.len() <= PROBE_GROUPS {
+        let mut member = tx.prepare_cached("SELECT 1 FROM members WHERE gid = ?1 AND uid = ?2")?;
+        for gid in groups.iter() {
+            if member.exists(params![gid, peer_uid])? {
+                return Ok(true);
+            }
+        }
+        return Ok(false);
+    }
+    let mut theirs = tx.prepare_cached("SELECT gid FROM members WHERE uid = ?1")?;
+    let mut rows = theirs.query([peer_uid])?;
+    while let Some(row) = rows.next()? {
+        if groups.contains(&row.get::<_, i64>(0)?) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Refuses unless group `gid` exists and `user` is one of its members now.

@@ -14,7 +14,9 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use serde_json::{json, Value};
 
 use super::{Action, ConnKey, Hub, HubConfig, Now, ACK_TIMEOUT, POLICY, SERVER_ERROR};
-use crate::store::{dm_conv, Audience, Completion, Entry, GroupInfo, Job, Page, Sent, StoreError};
+use crate::store::{
+    dm_conv, Audience, Completion, Entry, GroupInfo, Job, Page, Reach, Sent, StoreError,
+};
 
 /// Monotonic start time: far from 0 and from a power of two, so nothing passes by accident
 /// because a deadline happens to sit on a timer-wheel slot boundary.
@@ -103,11 +105,8 @@ impl FakeStore {
             .any(|(x, y)| (x == a && y == b) || (x == b && y == a))
     }
 
-    /// As the real reader: a dm with a message, or a group in common, and no block.
-    fn reachable(&self, user: &str, peer: &str) -> bool {
-        if user == peer {
-            return true;
-        }
+    /// As the real reader: a dm with a message, or a group in common.
+    fn shares(&self, user: &str, peer: &str) -> bool {
         let dm = dm_conv(user, peer);
         let talked = self
             .inboxes
@@ -117,7 +116,7 @@ impl FakeStore {
             .groups
             .values()
             .any(|m| m.iter().any(|x| x == user) && m.iter().any(|x| x == peer));
-        (talked || grouped) && !self.blocked_between(user, peer)
+        user == peer || talked || grouped
     }
 
     fn execute(&mut self, job: &Job) -> Completion {
@@ -127,26 +126,33 @@ impl FakeStore {
                 user,
                 audience,
             } => {
+                let mut reach = Reach::default();
+                let mut sort = |peer: &String| {
+                    if reach.reachable.contains(peer) || reach.hidden.contains(peer) {
+                    } else if self.blocked_between(&user, peer) {
+                        reach.hidden.push(peer.clone());
+                    } else {
+                        reach.reachable.push(peer.clone());
+                    }
+                };
                 let result = match audience {
                     Audience::Users(peers) => {
-                        let mut reachable: Vec<String> = Vec::new();
-                        for peer in peers {
-                            if !reachable.contains(&peer) && self.reachable(&user, &peer) {
-                                reachable.push(peer);
-                            }
+                        for peer in peers.iter().filter(|p| self.shares(&user, p)) {
+                            sort(peer);
                         }
-                        Ok(reachable)
+                        Ok(reach)
                     }
                     Audience::Group(gid) => match self.groups.get(&gid) {
                         None => Err(StoreError::NotFound("no such group")),
                         Some(m) if !m.contains(&user) => {
                             Err(StoreError::Forbidden("not a member of this group"))
                         }
-                        Some(m) => Ok(m
-                            .iter()
-                            .filter(|x| **x != user && !self.blocked_between(&user, x))
-                            .cloned()
-                            .collect()),
+                        Some(m) => {
+                            for peer in m.iter().filter(|x| **x != user) {
+                                sort(peer);
+                            }
+                            Ok(reach)
+                        }
                     },
                 };
                 Completion::Reach { tag, result }
@@ -3045,7 +3051,7 @@ fn team(gid: u64, members: &[&str]) -> GroupInfo {
 }
 
 /// Answers the oldest pending job, which must be a `Reach` of group `gid`, with `result`.
-fn answer_reach(h: &mut Harness, gid: u64, result: Result<Vec<String>, StoreError>) -> Out {
+fn answer_reach(h: &mut Harness, gid: u64, result: Result<Reach, StoreError>) -> Out {
     let job = h.take();
     let Job::Reach {
         tag,
@@ -3117,7 +3123,11 @@ fn typing_in_a_group_reaches_the_members_the_store_names_then_is_answered() {
     let out = h.req(1, json!({"type": "typing", "to": "group:7", "rid": 1}));
     assert!(out.frames(1).is_empty(), "answered once it is relayed");
     // The store leaves out members with a block between them and the typist (cat).
-    let out = answer_reach(&mut h, 7, Ok(vec!["bob".into()]));
+    let reach = Reach {
+        reachable: vec!["bob".into()],
+        hidden: vec!["cat".into()],
+    };
+    let out = answer_reach(&mut h, 7, Ok(reach));
     assert_eq!(out.one(2, "typing")["conv"], "group:7");
     assert!(out.frames(3).is_empty());
     assert_eq!(out.types(1), ["ok"]);
@@ -3150,6 +3160,7 @@ fn group_info_sees_the_writes_before_it_and_holds_the_writes_after_it() {
         name: "team".into(),
         owner: Some("ann".into()),
         members: vec!["ann".into(), "bob".into(), "cat".into()],
+        changed: vec!["cat".into()],
         event: None,
     };
     let out = h.deliver(Completion::Group {
@@ -3467,6 +3478,7 @@ fn a_group_in_common_brings_wanted_users_within_reach_unless_a_block_stands() {
         name: "t".into(),
         owner: Some("ann".into()),
         members: vec!["ann".into(), "cat".into(), "dan".into()],
+        changed: vec!["ann".into(), "cat".into(), "dan".into()],
         event: Some(Sent {
             mid: 50,
             conv: "group:7".into(),
@@ -3570,11 +3582,10 @@ fn block_requests_are_checked_ordered_behind_writes_and_refused_while_stopping()
         assert_eq!(out.one(1, "error")["code"], "bad_request", "{bad}");
         assert!(h.queue.is_empty(), "{bad} reached the store");
     }
-    // A `blocked` sees the block before it; a watch sees both.
+    // A `blocked` sees the block before it.
     h.req(1, json!({"type": "block", "user": "bob"}));
     h.req(1, json!({"type": "blocked", "rid": "l"}));
-    h.req(1, json!({"type": "watch", "users": ["bob"]}));
-    assert_eq!(h.queue.len(), 1, "the reads wait: {:?}", h.queue);
+    assert_eq!(h.queue.len(), 1, "the read waits: {:?}", h.queue);
     let out = h.settle();
     assert_eq!(out.one(1, "blocked")["users"], json!(["bob"]));
 
@@ -3582,24 +3593,152 @@ fn block_requests_are_checked_ordered_behind_writes_and_refused_while_stopping()
     for request in [
         json!({"type": "block", "user": "cat", "rid": 1}),
         json!({"type": "blocked", "rid": 1}),
-        json!({"type": "watch", "users": ["cat"], "rid": 1}),
     ] {
         let out = h.req(1, request.clone());
         assert_error(out.one(1, "error"), "unavailable", None, Some(json!(1)));
     }
 }
 
+/// Takes the oldest pending job and runs it now, as a reader taking its snapshot; the
+/// completion is delivered later, after whatever the test commits meanwhile.
+fn snapshot(h: &mut Harness) -> Completion {
+    let job = h.take();
+    assert!(matches!(job, Job::Reach { .. }), "{job:?}");
+    h.run(&job)
+}
+
 #[test]
-fn typing_right_after_a_first_message_waits_for_it_and_goes_through() {
+fn a_watch_answer_older_than_a_block_is_asked_again_and_never_stands() {
+    let mut h = Harness::new(HubConfig::default());
+    h.store.converse("ann", "bob");
+    h.connect(1, "ann");
+    h.connect(2, "bob");
+    h.req(1, json!({"type": "watch", "users": ["bob"], "rid": "w"}));
+    let stale = snapshot(&mut h);
+    // bob blocks ann while ann's read is on its way back.
+    h.req(2, json!({"type": "block", "user": "ann"}));
+    h.complete();
+    let out = h.deliver(stale);
+    assert!(
+        presences(&out, 1).is_empty(),
+        "not from before the block: {out:#?}"
+    );
+    assert_eq!(out.one(1, "ok")["rid"], "w");
+    assert!(
+        matches!(h.queue.front(), Some(Job::Reach { audience: Audience::Users(u), .. }) if u == &["bob"]),
+        "bob is asked about again: {:?}",
+        h.queue
+    );
+    assert!(presences(&h.settle(), 1).is_empty(), "bob blocks ann");
+    assert!(h.disconnect(2).frames(1).is_empty(), "nothing about bob");
+}
+
+#[test]
+fn a_watch_answer_older_than_a_first_message_is_asked_again() {
+    let mut h = Harness::new(HubConfig::default());
+    h.connect(1, "ann");
+    h.connect(2, "bob");
+    h.req(1, json!({"type": "watch", "users": ["bob"]}));
+    let stale = snapshot(&mut h);
+    h.commit(2, "ann", "first");
+    let out = h.deliver(stale);
+    assert!(presences(&out, 1).is_empty());
+    assert_eq!(presences(&h.settle(), 1), [("bob".to_owned(), true)]);
+}
+
+#[test]
+fn typing_with_an_answer_older_than_a_first_message_is_asked_again_and_goes_through() {
     let mut h = Harness::new(HubConfig::default());
     h.connect(1, "ann");
     h.connect(2, "bob");
     h.send(1, "bob", "first");
     h.req(1, json!({"type": "typing", "to": "user:bob", "rid": "t"}));
-    assert_eq!(h.queue.len(), 1, "typing waits for the send: {:?}", h.queue);
+    assert_eq!(h.queue.len(), 2, "typing is not held behind the send");
+    let reach = h.queue.remove(1).expect("the reach job");
+    let stale = h.run(&reach);
     h.complete_send();
-    assert!(matches!(h.queue.front(), Some(Job::Reach { .. })));
+    let out = h.deliver(stale);
+    assert!(out.frames(1).iter().all(|f| f["rid"] != "t"), "{out:#?}");
     let out = h.complete();
     assert_eq!(out.one(2, "typing")["from"], "ann");
     assert_eq!(out.one(1, "ok")["rid"], "t");
+}
+
+#[test]
+fn leaving_the_only_shared_group_ends_presence_both_ways() {
+    let mut h = Harness::new(HubConfig::default());
+    h.store.groups.insert(7, vec!["ann".into(), "cat".into()]);
+    h.connect(1, "ann");
+    h.connect(2, "cat");
+    h.req(1, json!({"type": "watch", "users": ["cat"]}));
+    assert_eq!(presences(&h.complete(), 1), [("cat".to_owned(), true)]);
+    h.req(2, json!({"type": "watch", "users": ["ann"]}));
+    assert_eq!(presences(&h.complete(), 2), [("ann".to_owned(), true)]);
+
+    h.req(2, json!({"type": "group_leave", "gid": "7"}));
+    let Job::GroupLeave { tag, .. } = h.take() else {
+        panic!("a leave");
+    };
+    h.store.groups.insert(7, vec!["ann".into()]);
+    let change = crate::store::GroupChange {
+        gid: 7,
+        name: "t".into(),
+        owner: Some("ann".into()),
+        members: vec!["ann".into()],
+        changed: vec!["cat".into()],
+        event: Some(Sent {
+            mid: 60,
+            conv: "group:7".into(),
+            ts: WALL0,
+            sender_seq: 1,
+            duplicate: false,
+            deliveries: vec![("ann".into(), 1), ("cat".into(), 1)],
+            from: "cat".into(),
+            cid: "group:7:leave".into(),
+            body: String::new(),
+            kind: "group".into(),
+        }),
+    };
+    h.deliver(Completion::Group {
+        tag,
+        result: Ok(change),
+    });
+    let out = h.settle();
+    assert_eq!(presences(&out, 1), [("cat".to_owned(), false)]);
+    assert_eq!(presences(&out, 2), [("ann".to_owned(), false)]);
+    assert!(h.disconnect(2).frames(1).is_empty(), "no longer watched");
+    assert!(!h.hub.watchers.contains_key("ann"));
+}
+
+#[test]
+fn an_unblock_between_users_who_still_share_a_dm_brings_presence_back() {
+    let mut h = Harness::new(HubConfig::default());
+    h.store.converse("ann", "bob");
+    h.connect(1, "ann");
+    h.connect(2, "bob");
+    h.req(1, json!({"type": "watch", "users": ["bob"]}));
+    h.complete();
+    h.req(2, json!({"type": "block", "user": "ann"}));
+    assert_eq!(presences(&h.complete(), 1), [("bob".to_owned(), false)]);
+    h.req(2, json!({"type": "unblock", "user": "ann"}));
+    let out = h.settle();
+    assert_eq!(presences(&out, 1), [("bob".to_owned(), true)]);
+}
+
+#[test]
+fn a_blocked_contact_looks_offline_to_a_new_watch_like_any_contact_who_is() {
+    let mut h = Harness::new(HubConfig::default());
+    h.store.converse("ann", "bob");
+    h.store.converse("ann", "cat");
+    h.store.blocks.push(("bob".into(), "ann".into()));
+    h.connect(1, "ann");
+    h.connect(2, "bob");
+    h.req(1, json!({"type": "watch", "users": ["bob", "cat", "zed"]}));
+    let out = h.complete();
+    assert_eq!(
+        presences(&out, 1),
+        [("bob".to_owned(), false), ("cat".to_owned(), false)],
+        "bob (online, blocking ann) as cat (offline); zed, a stranger, not at all"
+    );
+    assert!(h.disconnect(2).frames(1).is_empty());
 }
