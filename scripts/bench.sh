@@ -902,8 +902,9 @@ addresses (each address has about 28,000 ephemeral ports).
 \`\`\`sh
 courier echo --listen 127.0.0.1:0                    # pinned: taskset -c $server_core
 taskset -c $client_core courier-bench connect --url ws://ADDR/ --connections $idle --rate 5000 --hold 4 --server-pid PID --json
-courier serve --listen 127.0.0.1:0 --data NEW --jwt-secret S --rate 1000000
-taskset -c $client_core courier-bench connect --url ws://ADDR/ws --connections $idle --rate 5000 --hold 4 --server-pid PID --jwt-secret S --ping 0 --json
+SECRET=\$(courier secret)                           # any secret of 32 bytes or more
+courier serve --listen 127.0.0.1:0 --data NEW --jwt-secret \$SECRET --rate 1000000
+taskset -c $client_core courier-bench connect --url ws://ADDR/ws --connections $idle --rate 5000 --hold 4 --server-pid PID --jwt-secret \$SECRET --ping 0 --json
 \`\`\`
 
 ## IM: durable messages per second and latency
@@ -933,11 +934,11 @@ At 20,000 msg/s offered (medians of the rounds, ms; durable rate $(group3 "$im20
 ![IM latency distribution](benchmarks/im-latency.svg)
 
 \`\`\`sh
-courier serve --listen 127.0.0.1:0 --data NEW --jwt-secret S --rate 1000000   # pinned: taskset -c $server_core
-taskset -c $client_core courier-bench im --url ws://ADDR/ws --jwt-secret S --users $im_users --seconds $seconds --json
-taskset -c $client_core courier-bench im --url ws://ADDR/ws --jwt-secret S --users $im_users --seconds $seconds --rate 20000 --json
-taskset -c $client_core courier-bench im --url ws://ADDR/ws --jwt-secret S --users $im_users --seconds $seconds --contacts 5 --json
-taskset -c $client_core courier-bench im --url ws://ADDR/ws --jwt-secret S --users $im_users --seconds $seconds --contacts 5 --rate 20000 --json
+courier serve --listen 127.0.0.1:0 --data NEW --jwt-secret \$SECRET --rate 1000000   # pinned: taskset -c $server_core
+taskset -c $client_core courier-bench im --url ws://ADDR/ws --jwt-secret \$SECRET --users $im_users --seconds $seconds --json
+taskset -c $client_core courier-bench im --url ws://ADDR/ws --jwt-secret \$SECRET --users $im_users --seconds $seconds --rate 20000 --json
+taskset -c $client_core courier-bench im --url ws://ADDR/ws --jwt-secret \$SECRET --users $im_users --seconds $seconds --contacts 5 --json
+taskset -c $client_core courier-bench im --url ws://ADDR/ws --jwt-secret \$SECRET --users $im_users --seconds $seconds --contacts 5 --rate 20000 --json
 \`\`\`
 
 With steady pairs (\`--contacts 5\`: each user writes to the next five users, as people chat
@@ -995,9 +996,9 @@ max $(ms "$(jget "$paced_json" delivery_us.max)") ms; send -> \`sent\` p99 $(ms 
 ![fan-out at 200 group messages/s: latency CDF and deliveries per second](benchmarks/fanout-paced.svg)
 
 \`\`\`sh
-courier serve --listen 127.0.0.1:0 --data NEW --jwt-secret S --rate 1000000   # pinned: taskset -c $server_core
-taskset -c $client_core courier-bench fanout --url ws://ADDR/ws --jwt-secret S ${fan_args[*]} --seconds $seconds --svg fanout.svg --json
-taskset -c $client_core courier-bench fanout --url ws://ADDR/ws --jwt-secret S --members $fan_members --senders 2 --rate 200 --seconds $seconds --svg fanout-paced.svg --json
+courier serve --listen 127.0.0.1:0 --data NEW --jwt-secret \$SECRET --rate 1000000   # pinned: taskset -c $server_core
+taskset -c $client_core courier-bench fanout --url ws://ADDR/ws --jwt-secret \$SECRET ${fan_args[*]} --seconds $seconds --svg fanout.svg --json
+taskset -c $client_core courier-bench fanout --url ws://ADDR/ws --jwt-secret \$SECRET --members $fan_members --senders 2 --rate 200 --seconds $seconds --svg fanout-paced.svg --json
 \`\`\`
 
 ## Notes
