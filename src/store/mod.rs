@@ -84,8 +84,9 @@
 //! WAL as it was, and is tried again after the next commit.
 //!
 //! # Bounds and shutdown
-//! The job queues and the completion channel are bounded by `queue` (counted in jobs, not
-//! bytes: the hub's message size limit and rate limits bound what one job carries). A store
+//! The job queues are bounded by `queue` (counted in jobs, not bytes: the hub's message
+//! size limit and rate limits bound what one job carries), the completion channel by four
+//! of the writer's batches; neither allocates more than what waits in it. A store
 //! thread whose completion channel is full waits for the reactor to drain it, so the queues
 //! back up and `submit` starts handing jobs back: backpressure, not memory growth.
 //! [`Store::shutdown`] (and dropping the [`Store`]) closes the queues, lets the threads
@@ -119,7 +120,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 pub use budget::Budget;
 pub(crate) use conv::{parse_gid, ConvId};
@@ -135,8 +136,13 @@ pub const DEFAULT_READERS: usize = 2;
 /// Most jobs per write transaction by default: big enough that the per-commit cost
 /// vanishes, small enough that one batch's completions stay a short burst for the reactor.
 pub const DEFAULT_MAX_BATCH: usize = 1024;
-/// Bound of each queue (writer jobs, reader jobs, completions) by default.
+/// Bound of each job queue (writer jobs, reader jobs) by default.
 pub const DEFAULT_QUEUE: usize = 65536;
+/// Most completions waiting for the reactor: four of the writer's largest batches. A
+/// bounded crossbeam channel allocates every slot up front (a completion is ~300 bytes), so
+/// a bound sized like the job queues cost 19 MB of memory at start for nothing; past this
+/// the store's threads wait for the reactor, which is the backpressure wanted.
+const COMPLETION_SLOTS: usize = 4 * DEFAULT_MAX_BATCH;
 
 /// Called by a store thread after it has pushed completions. Must not block.
 pub type Notify = Arc<dyn Fn() + Send + Sync>;
@@ -192,7 +198,8 @@ pub struct StoreConfig {
     pub readers: usize,
     /// Most jobs per write transaction; 0 is taken as 1.
     pub max_batch: usize,
-    /// Bound of each channel, in jobs; 0 is taken as 1.
+    /// Bound of each job queue, in jobs; 0 is taken as 1. The completion channel holds at
+    /// most this many too, and never more than four of the writer's largest batches.
     pub queue: usize,
     /// Groups created and new users named per user per hour (`budget.rs`).
     pub budget: Budget,
@@ -619,8 +626,13 @@ pub struct Page {
 
 /// The handle the reactor keeps. Dropping it is a graceful shutdown too.
 pub struct Store {
+    /// The job queues are unbounded channels kept within `queue` by [`Store::submit`]: their
+    /// memory follows the jobs waiting, where a bounded channel's would be allocated whole
+    /// (65,536 slots of ~140 bytes, twice) at start. The reactor is their one sender, so the
+    /// length it checks can only shrink before its send.
     writer: Option<Sender<Job>>,
     reader: Option<Sender<Job>>,
+    queue: usize,
     /// A second receiver of the completion channel: lets `shutdown` drain what the caller
     /// has not taken, so a store thread blocked on a full channel can finish.
     completions: Receiver<Completion>,
@@ -659,9 +671,9 @@ fn open_gated(
         .map_err(sql)?;
 
     let queue = config.queue.max(1);
-    let (writer_tx, writer_rx) = bounded(queue);
-    let (reader_tx, reader_rx) = bounded(queue);
-    let (done_tx, done_rx) = bounded(queue);
+    let (writer_tx, writer_rx) = unbounded();
+    let (reader_tx, reader_rx) = unbounded();
+    let (done_tx, done_rx) = bounded(queue.min(COMPLETION_SLOTS));
     let (nudge_tx, nudge_rx) = bounded(1);
     let counters = Arc::new(stats::Counters::default());
     let finish_checkpoint = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -670,6 +682,7 @@ fn open_gated(
     let mut store = Store {
         writer: Some(writer_tx),
         reader: Some(reader_tx),
+        queue,
         completions: done_rx.clone(),
         threads: Vec::with_capacity(2 + readers.len()),
         counters: counters.clone(),
@@ -782,8 +795,8 @@ impl Store {
             Lane::Read => &self.reader,
         };
         match queue {
-            Some(queue) => queue.try_send(job).map_err(|e| e.into_inner()),
-            None => Err(job),
+            Some(queue) if queue.len() < self.queue => queue.send(job).map_err(|e| e.into_inner()),
+            _ => Err(job),
         }
     }
 
