@@ -6,8 +6,9 @@
 use rusqlite::{params, Connection};
 
 use super::budget::Budgets;
-use super::conv::KnownDms;
-use super::writer::{stored_ts, Fail, Users};
+use super::dms::KnownDms;
+use super::tx::{stored_ts, Fail};
+use super::users::Users;
 use super::Outcome;
 
 /// Most users one user may block: the list is answered whole, so it must stay small.

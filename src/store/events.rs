@@ -16,8 +16,10 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::error::StoreError;
 use super::schema::{get_opt_u64, get_u64};
-use super::writer::{Fail, Users};
+use super::tx::Fail;
+use super::users::Users;
 use super::Sent;
 
 /// The longest cid a client may send (PROTOCOL.md: 1 to 64 bytes). The hub enforces it; the
@@ -188,4 +190,11 @@ pub(super) fn abort(why: &str) -> rusqlite::Error {
         rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_INTERNAL),
         Some(why.to_owned()),
     )
+}
+
+/// The original of a resent cid: every field of the answer is the original's, whatever
+/// the resend says.
+pub(crate) fn duplicate(conn: &Connection, sender_uid: i64, cid: &str) -> Result<Stored, Fail> {
+    by_cid(conn, sender_uid, cid)?
+        .ok_or_else(|| Fail::Rejected(StoreError::Internal("conflicting message not found".into())))
 }

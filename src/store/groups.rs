@@ -31,9 +31,10 @@ use super::blocks;
 use super::budget::Budgets;
 use super::conv::group_conv;
 use super::error::StoreError;
-use super::events::{self, Notice};
+use super::events::{self, duplicate, Notice};
 use super::schema::get_u64;
-use super::writer::{duplicate, insert_message, stored_ts, Fail, Users};
+use super::tx::{insert_message, stored_ts, Fail};
+use super::users::Users;
 use super::{GroupChange, Outcome, Sent};
 
 /// The longest group name, in bytes, after trimming.

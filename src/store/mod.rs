@@ -101,6 +101,8 @@ mod blocks;
 mod budget;
 mod checkpoint;
 mod conv;
+mod cursor;
+mod dms;
 mod error;
 mod events;
 mod groups;
@@ -108,6 +110,8 @@ mod reader;
 mod recall;
 mod schema;
 mod stats;
+mod tx;
+mod users;
 mod views;
 mod writer;
 
@@ -662,7 +666,7 @@ fn open_gated(
     let lock = data_folder(&config.dir)?;
     let path = config.dir.join(DB_FILE);
     let conn = schema::open_writer(&path, config.synchronous)?;
-    let users = writer::Users::new(&conn).map_err(sql)?;
+    let users = users::Users::new(&conn).map_err(sql)?;
     // Open every connection before starting any thread, so a failure here needs no cleanup.
     let checkpointer = schema::open_checkpointer(&path).map_err(sql)?;
     let readers = (0..config.readers.max(1))

@@ -18,7 +18,8 @@ use super::error::StoreError;
 use super::events::{self, reserved_cid, Notice};
 use super::groups::Groups;
 use super::schema::get_u64;
-use super::writer::{stored_ts, Fail, Users};
+use super::tx::{stored_ts, Fail};
+use super::users::Users;
 use super::{Outcome, Sent};
 
 /// The message a recall is about.
