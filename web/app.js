@@ -47,6 +47,7 @@ const ui = {
   convTitle: $('conv-title'),
   convSub: $('conv-sub'),
   leaveGroup: $('leave-group'),
+  blockUser: $('block-user'),
   messages: $('messages'),
   loadOlder: $('load-older'),
   messageList: $('message-list'),
@@ -79,6 +80,8 @@ function freshState() {
     typing: new Map(),
     /** user → online */
     presence: new Map(),
+    /** Users this user blocks (the server's list, read at every catch-up); null until read. */
+    blocked: null,
     /** mid → the `group` object of a group entry seen live, for when history brings it bare. */
     groupOps: new Map(),
     /** The watch list last sent, joined, so an unchanged list is not sent again. */
@@ -242,6 +245,7 @@ function onState(ev) {
 /** Caught up with the inbox: the server's view of the conversations is now worth asking for. */
 function onCaughtUp() {
   refreshConvs();
+  refreshBlocked();
   if (s.open && !s.open.loaded) loadOlder();
 }
 
@@ -266,6 +270,16 @@ async function refreshConvs() {
   renderConvList();
   if (s.open) renderMessages();
   watchPeers();
+}
+
+/** Another device may have blocked or unblocked someone while this page was away. */
+async function refreshBlocked() {
+  try {
+    s.blocked = new Set(await client.blocked());
+  } catch {
+    return; // dropped; the next catch-up asks again
+  }
+  renderHeader();
 }
 
 function onMessage(m) {
@@ -659,6 +673,12 @@ function renderHeader() {
   if (gid && !group) client.ensureGroup(gid);
   ui.convSub.textContent = group ? `${group.members.length} members: ${group.members.join(', ')}` : '';
   ui.leaveGroup.hidden = !conv.startsWith('group:');
+  // Offered once the list is known, so the button never says the opposite of the truth.
+  const blocked = s.blocked?.has(peer);
+  ui.blockUser.hidden = !peer || peer === me || !s.blocked;
+  ui.blockUser.textContent = blocked ? 'Unblock' : 'Block';
+  ui.blockUser.setAttribute('aria-label', `${blocked ? 'Unblock' : 'Block'} ${peer}`);
+  if (peer && blocked) ui.convSub.textContent = `You blocked ${peer}: neither of you can message the other.`;
 }
 
 /**
@@ -840,6 +860,25 @@ ui.leaveGroup.addEventListener('click', async () => {
   } catch (err) {
     notify(`Could not leave the group: ${err.message}`);
   }
+});
+
+ui.blockUser.addEventListener('click', async () => {
+  const peer = s.open && peerOf(me, s.open.conv);
+  if (!peer || !s.blocked) return;
+  const list = s.blocked;
+  const blocking = !list.has(peer);
+  ui.blockUser.disabled = true;
+  try {
+    await (blocking ? client.block(peer) : client.unblock(peer));
+    if (blocking) list.add(peer);
+    else list.delete(peer);
+    announce(blocking ? `${peer} is blocked` : `${peer} is unblocked`);
+  } catch (err) {
+    notify(`Could not ${blocking ? 'block' : 'unblock'} ${peer}: ${err.message}`);
+  } finally {
+    ui.blockUser.disabled = false;
+  }
+  renderHeader();
 });
 
 ui.back.addEventListener('click', () => {

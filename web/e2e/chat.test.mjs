@@ -504,3 +504,44 @@ function zoneAtHour(hour) {
   // The Etc zones' signs are POSIX's: Etc/GMT-5 is five hours ahead of UTC.
   return offset === 0 ? 'Etc/GMT' : `Etc/GMT${offset > 0 ? '-' : '+'}${Math.abs(offset)}`;
 }
+
+e2e('12. block and unblock from a dm’s header', async (sc) => {
+  const server = await sc.server();
+  const alice = await sc.user('alice');
+  const bob = await sc.user('bob');
+  await alice.signIn(server.base);
+  await bob.signIn(server.base);
+  await alice.openDm('bob');
+  await bob.openDm('alice');
+  await barrier(bob, alice, 'b: hello');
+  const button = alice.t('block-button');
+  await expectText(button, 'Block');
+  await alice.page.locator('[data-testid="conv-presence"][data-online="true"]').waitFor();
+
+  await button.click();
+  await expectText(button, 'Unblock');
+  await expectContains(alice.t('conv-sub'), 'You blocked bob');
+  // Blocked both ways: bob's message is refused, and alice no longer sees him online.
+  await bob.send('b: are you there?');
+  await bob.waitMessages(['b: are you there?'], { states: ['failed'] });
+  await alice.page.locator('[data-testid="conv-presence"][data-online="false"]').waitFor();
+  await alice.screenshot('12-blocked-dm');
+
+  // The block is the server's: a reload reads it back.
+  await alice.page.reload();
+  await alice.waitOnline();
+  await expectText(button, 'Unblock');
+
+  await button.click();
+  await expectText(button, 'Block');
+  await expectText(alice.t('conv-sub'), '');
+  await bob.t('retry-button').click();
+  await bob.waitMessages(['b: are you there?'], { states: ['sent', 'read'] });
+  await alice.waitMessages(['b: hello', 'b: are you there?'], { states: ['received'] });
+  // A group's header has no block button.
+  await alice.t('group-name-input').fill('pair');
+  await alice.t('group-members-input').fill('bob');
+  await alice.t('group-create-button').click();
+  await expectText(alice.t('conv-title'), 'pair');
+  assert.equal(await button.isVisible(), false);
+});
