@@ -374,7 +374,8 @@ e2e('8. a token the server refuses (its dev data folder deleted) leads back to s
   mkdirSync(sc.data);
   await server.start();
 
-  await alice.t('signin-name').waitFor({ state: 'visible' });
+  // At the next attempt, which the backoff may have put 20 s after the last.
+  await alice.t('signin-name').waitFor({ state: 'visible', timeout: 30_000 });
   await expectText(alice.t('signin-error'), 'Your sign-in is no longer valid. Please sign in again.');
   assert.equal(await alice.t('signin-name').inputValue(), 'alice', 'the name is kept for signing in again');
   assert.equal(await alice.page.evaluate(() => localStorage.getItem('courier.token')), null, 'the refused token is forgotten');
