@@ -16,6 +16,8 @@ const NOTICE_MS = 6000;
 /** Within this many pixels of the bottom, new messages keep the view scrolled down. */
 const STICKY_PX = 48;
 const USER_RE = /^[A-Za-z0-9_.-]{1,64}$/;
+/** Hours without a leading zero where the locale has none ("9:18 PM", "21:18"). */
+const TIME_FORMAT = new Intl.DateTimeFormat(undefined, { hour: 'numeric', minute: '2-digit' });
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -45,6 +47,7 @@ const ui = {
   convTitle: $('conv-title'),
   convSub: $('conv-sub'),
   leaveGroup: $('leave-group'),
+  blockUser: $('block-user'),
   messages: $('messages'),
   loadOlder: $('load-older'),
   messageList: $('message-list'),
@@ -57,7 +60,11 @@ const ui = {
 
 let client = null;
 let me = null;
+/** Where the token in use came from: 'form' (pasted), 'dev' (dev login) or 'saved'. */
+let tokenSource = null;
 let s = freshState();
+/** Bumped per sign-in screen, so only the newest dev-login check picks the form. */
+let formCheck = 0;
 
 function freshState() {
   return {
@@ -73,6 +80,8 @@ function freshState() {
     typing: new Map(),
     /** user → online */
     presence: new Map(),
+    /** Users this user blocks (the server's list, read at every catch-up); null until read. */
+    blocked: null,
     /** mid → the `group` object of a group entry seen live, for when history brings it bare. */
     groupOps: new Map(),
     /** The watch list last sent, joined, so an unchanged list is not sent again. */
@@ -95,31 +104,33 @@ async function signInByName(name) {
     ui.signinError.textContent = 'The server could not be reached.';
     return;
   }
-  // No dev login on this server: the only way in is a token minted by its operator.
+  // Dev login was turned off since the form was chosen: the only way in is a token
+  // minted by the operator.
   if (res.status === 404) {
-    ui.signinForm.hidden = true;
-    ui.tokenForm.hidden = false;
-    ui.tokenInput.focus();
+    showSignInForm(false);
     return;
   }
   if (!res.ok) {
     ui.signinError.textContent = `Sign-in failed (${res.status}).`;
     return;
   }
-  start((await res.json()).token);
+  start((await res.json()).token, 'dev');
 }
 
-function start(token) {
+function start(token, source) {
   try {
     client = new CourierClient({ url: socketUrl(), token });
   } catch (err) {
     localStorage.removeItem(TOKEN_KEY);
     if (ui.signin.hidden) showSignIn('');
-    ui.signinError.textContent = `That token can't be used: ${err.message}.`;
+    // Unreadable (no `sub`): whatever is wrong with it, the person can only use another.
+    ui.signinError.textContent = err.code === 'bad_token' ? 'This sign-in token is not valid.' : `That token can't be used: ${err.message}.`;
     return;
   }
   localStorage.setItem(TOKEN_KEY, token);
   me = client.user;
+  tokenSource = source;
+  ui.signinError.textContent = '';
   s = freshState();
   // Group names were kept here before courier.js kept whole groups (with its cursor).
   localStorage.removeItem(`courier.groups.${me}`);
@@ -139,27 +150,72 @@ function start(token) {
   renderConvList();
   renderOpen();
   client.connect();
+  route();
 }
 
-function signOut() {
+/** Forgets the signed-in user, here and in storage. */
+function endSession() {
   client?.close();
   client = null;
   me = null;
+  tokenSource = null;
   s = freshState();
   localStorage.removeItem(TOKEN_KEY);
+}
+
+function signOut() {
+  endSession();
+  // The open conversation was this user's; the next one starts at the list.
+  setFragment(null, 'replace');
   showSignIn('');
 }
 
-function showSignIn(error) {
+/**
+ * The server refused the token (expired, or signed with a secret it no longer has, as
+ * after the dev data folder was deleted): no reconnect can help, so back to sign-in. The
+ * fragment stays, so signing in again lands where the person was.
+ */
+function tokenRefused() {
+  const name = me;
+  const pasted = tokenSource === 'form';
+  endSession();
+  showSignIn(pasted ? 'This sign-in token is not valid.' : 'Your sign-in is no longer valid. Please sign in again.', name);
+}
+
+function showSignIn(error, name = '') {
   ui.chat.hidden = true;
   ui.signOut.hidden = true;
   ui.me.textContent = '';
   ui.signin.hidden = false;
-  ui.signinForm.hidden = false;
-  ui.tokenForm.hidden = true;
   ui.signinError.textContent = error;
+  ui.signinName.value = name ?? '';
   renderConn({ state: 'offline' });
-  ui.signinName.focus();
+  chooseSignInForm();
+}
+
+/**
+ * Shows the name form when the server has dev login, else the token form. `/dev/token`
+ * without a name answers 400 where dev login is on and 404 where it is off; asking first
+ * means nobody types a name that a server without dev login would throw away.
+ */
+async function chooseSignInForm() {
+  const check = ++formCheck;
+  ui.signinForm.hidden = ui.tokenForm.hidden = true;
+  let devLogin = true;
+  try {
+    const res = await fetch('dev/token', { cache: 'no-store' });
+    devLogin = res.ok || res.status === 400;
+  } catch {
+    // Unreachable: the name form is the first-run path, and its submit says what failed.
+  }
+  if (check !== formCheck || ui.signin.hidden) return;
+  showSignInForm(devLogin);
+}
+
+function showSignInForm(devLogin) {
+  ui.signinForm.hidden = !devLogin;
+  ui.tokenForm.hidden = devLogin;
+  (devLogin ? ui.signinName : ui.tokenInput).focus();
 }
 
 function socketUrl() {
@@ -171,12 +227,14 @@ function socketUrl() {
 // ---- events from the client ----
 
 function onState(ev) {
+  if (ev.state === 'refused') return tokenRefused();
   const was = ui.conn.dataset.state;
   if (ev.state === 'online') s.everOnline = true;
   // Presence is only known while connected: the watch snapshot refills it on reconnect.
   if (ev.state !== 'online' && s.presence.size > 0) {
     s.presence.clear();
     renderConvList();
+    renderHeader();
   }
   renderConn(ev);
   // Said once per change, not once per failed attempt.
@@ -187,6 +245,7 @@ function onState(ev) {
 /** Caught up with the inbox: the server's view of the conversations is now worth asking for. */
 function onCaughtUp() {
   refreshConvs();
+  refreshBlocked();
   if (s.open && !s.open.loaded) loadOlder();
 }
 
@@ -211,6 +270,16 @@ async function refreshConvs() {
   renderConvList();
   if (s.open) renderMessages();
   watchPeers();
+}
+
+/** Another device may have blocked or unblocked someone while this page was away. */
+async function refreshBlocked() {
+  try {
+    s.blocked = new Set(await client.blocked());
+  } catch {
+    return; // dropped; the next catch-up asks again
+  }
+  renderHeader();
 }
 
 function onMessage(m) {
@@ -298,7 +367,10 @@ function onGroup({ gid }) {
 
 function forgetConv(conv) {
   s.convs.delete(conv);
-  if (s.open?.conv === conv) closeConv();
+  if (s.open?.conv === conv) {
+    closeConv();
+    setFragment(null, 'replace');
+  }
   renderConvList();
 }
 
@@ -348,7 +420,61 @@ function watchPeers() {
   });
 }
 
-// ---- the open conversation ----
+// ---- the open conversation, kept in the URL ----
+//
+// The fragment names the open conversation, so a reload lands on it and back, forward and
+// links move between conversations: `#dm:bob` (the peer, as a person thinks of it; user
+// ids are [A-Za-z0-9_.-], nothing to escape) and `#group:7`.
+
+function fragmentOf(conv) {
+  const peer = peerOf(me, conv);
+  return peer ? `#dm:${peer}` : `#${conv}`;
+}
+
+/** The conversation a fragment names, or null. A dm's own id (`dm:alice:bob`) is taken too. */
+function convOfFragment(hash) {
+  let f;
+  try {
+    f = decodeURIComponent(hash.replace(/^#/, ''));
+  } catch {
+    return null;
+  }
+  const [kind, ...rest] = f.split(':');
+  if (kind === 'group' && rest.length === 1 && /^\d{1,20}$/.test(rest[0])) return f;
+  if (kind !== 'dm' || !rest.every((u) => USER_RE.test(u))) return null;
+  if (rest.length === 1) return convOf(me, `user:${rest[0]}`);
+  if (rest.length === 2 && rest.includes(me)) return convOf(me, `user:${rest[0] === me ? rest[1] : rest[0]}`);
+  return null;
+}
+
+/** Puts `conv` (null: none) in the URL: a new history entry ('push') or in place ('replace'). */
+function setFragment(conv, how) {
+  const hash = conv ? fragmentOf(conv) : '';
+  if (location.hash === hash) return;
+  const url = hash || location.pathname + location.search;
+  if (how === 'push') history.pushState(null, '', url);
+  else history.replaceState(null, '', url);
+}
+
+/** Opens `conv` on a person's action: a new history entry, so back returns to the last one. */
+function navigate(conv) {
+  setFragment(conv, 'push');
+  openConv(conv);
+}
+
+/** Shows what the URL names: at sign-in, and after back, forward or a followed link. */
+function route() {
+  if (!client) return;
+  const conv = convOfFragment(location.hash);
+  if (conv === (s.open?.conv ?? null)) return;
+  if (!conv) return closeConv();
+  // A dm need not have a message yet: it is listed, as one opened from the sidebar is.
+  if (conv.startsWith('dm:')) {
+    convEntry(conv);
+    watchPeers();
+  }
+  openConv(conv);
+}
 
 function openConv(conv) {
   if (s.open?.conv !== conv) {
@@ -384,8 +510,15 @@ async function loadOlder() {
     open.loaded = true;
     markRead();
   } catch (err) {
-    // Offline: the next catch-up loads the page.
-    if (err.code !== 'disconnected') notify(`Could not load messages: ${err.message}`);
+    if (s.open !== open) return;
+    if (err.code === 'forbidden' || err.code === 'not_found') {
+      // A link or an old URL to a group this user is not in (any more).
+      notify('That conversation is not open to you.');
+      forgetConv(open.conv);
+    } else if (err.code !== 'disconnected') {
+      // Offline: the next catch-up loads the page.
+      notify(`Could not load messages: ${err.message}`);
+    }
   } finally {
     open.loading = false;
     ui.loadOlder.disabled = false;
@@ -503,7 +636,7 @@ function convItem(c) {
   if (c.unread > 0) {
     item.append(el('span', { class: 'badge', 'data-testid': 'unread-badge', 'aria-label': `${c.unread} unread` }, String(c.unread)));
   }
-  item.addEventListener('click', () => openConv(c.conv));
+  item.addEventListener('click', () => navigate(c.conv));
   return el('li', {}, item);
 }
 
@@ -540,6 +673,12 @@ function renderHeader() {
   if (gid && !group) client.ensureGroup(gid);
   ui.convSub.textContent = group ? `${group.members.length} members: ${group.members.join(', ')}` : '';
   ui.leaveGroup.hidden = !conv.startsWith('group:');
+  // Offered once the list is known, so the button never says the opposite of the truth.
+  const blocked = s.blocked?.has(peer);
+  ui.blockUser.hidden = !peer || peer === me || !s.blocked;
+  ui.blockUser.textContent = blocked ? 'Unblock' : 'Block';
+  ui.blockUser.setAttribute('aria-label', `${blocked ? 'Unblock' : 'Block'} ${peer}`);
+  if (peer && blocked) ui.convSub.textContent = `You blocked ${peer}: neither of you can message the other.`;
 }
 
 /**
@@ -616,7 +755,7 @@ function meta(from, ts) {
     'div',
     { class: 'msg-meta' },
     el('span', { class: 'msg-from' }, from === me ? 'You' : from),
-    el('time', { datetime: when.toISOString() }, when.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' })),
+    el('time', { datetime: when.toISOString() }, TIME_FORMAT.format(when)),
   );
 }
 
@@ -676,7 +815,7 @@ ui.signinForm.addEventListener('submit', (ev) => {
 
 ui.tokenForm.addEventListener('submit', (ev) => {
   ev.preventDefault();
-  start(ui.tokenInput.value.trim());
+  start(ui.tokenInput.value.trim(), 'form');
 });
 
 ui.signOut.addEventListener('click', signOut);
@@ -689,7 +828,7 @@ ui.newDmForm.addEventListener('submit', (ev) => {
   const conv = convOf(me, `user:${name}`);
   convEntry(conv);
   ui.newDmInput.value = '';
-  openConv(conv);
+  navigate(conv);
   watchPeers();
 });
 
@@ -706,7 +845,7 @@ ui.groupForm.addEventListener('submit', async (ev) => {
     const g = await client.groupCreate(name, members);
     convEntry(`group:${g.gid}`);
     ui.groupName.value = ui.groupMembers.value = '';
-    openConv(`group:${g.gid}`);
+    navigate(`group:${g.gid}`);
   } catch (err) {
     notify(`Could not create the group: ${err.message}`);
   }
@@ -721,6 +860,25 @@ ui.leaveGroup.addEventListener('click', async () => {
   } catch (err) {
     notify(`Could not leave the group: ${err.message}`);
   }
+});
+
+ui.blockUser.addEventListener('click', async () => {
+  const peer = s.open && peerOf(me, s.open.conv);
+  if (!peer || !s.blocked) return;
+  const list = s.blocked;
+  const blocking = !list.has(peer);
+  ui.blockUser.disabled = true;
+  try {
+    await (blocking ? client.block(peer) : client.unblock(peer));
+    if (blocking) list.add(peer);
+    else list.delete(peer);
+    announce(blocking ? `${peer} is blocked` : `${peer} is unblocked`);
+  } catch (err) {
+    notify(`Could not ${blocking ? 'block' : 'unblock'} ${peer}: ${err.message}`);
+  } finally {
+    ui.blockUser.disabled = false;
+  }
+  renderHeader();
 });
 
 ui.back.addEventListener('click', () => {
@@ -754,6 +912,9 @@ ui.input.addEventListener('input', () => {
 document.addEventListener('visibilitychange', markRead);
 window.addEventListener('focus', markRead);
 
+window.addEventListener('popstate', route);
+window.addEventListener('hashchange', route);
+
 const saved = localStorage.getItem(TOKEN_KEY);
-if (saved) start(saved);
+if (saved) start(saved, 'saved');
 else showSignIn('');

@@ -115,6 +115,17 @@ export function groupAfter(known, change, me) {
   return undefined;
 }
 
+/**
+ * Where the server answers whether it takes a token, over plain HTTP: the `/ws` URL with
+ * an http(s) scheme. A `GET` there without an upgrade is `401` for a token the upgrade
+ * would refuse and `426` for one it would take (PROTOCOL.md "Endpoints").
+ */
+export function tokenCheckUrl(wsUrl) {
+  const url = new URL(wsUrl);
+  url.protocol = url.protocol === 'wss:' ? 'https:' : 'http:';
+  return url.href;
+}
+
 /** The `sub` of a JWT, read without checking it: the server checks, this only names storage keys. */
 export function tokenUser(token) {
   const payload = String(token).split('.')[1];
@@ -149,7 +160,7 @@ export class CourierClient {
    * @param {object} o
    * @param {string} o.url      the `/ws` endpoint, `ws(s)://host/ws`
    * @param {string} o.token    a JWT; its `sub` names this user's storage keys
-   * Injected (browser defaults): WebSocket, storage, now, setTimeout, clearTimeout,
+   * Injected (browser defaults): WebSocket, fetch, storage, now, setTimeout, clearTimeout,
    * random, window, document. Any key of DEFAULTS overrides that tunable.
    */
   constructor({ url, token, ...o }) {
@@ -158,6 +169,9 @@ export class CourierClient {
     this.url = url;
     this.token = token;
     this.WebSocket = o.WebSocket ?? globalThis.WebSocket;
+    // `fetch: null` turns the token check off. The default is called unbound: the
+    // browser's fetch refuses a `this` other than the window.
+    this.fetch = 'fetch' in o ? o.fetch : globalThis.fetch ? (url, init) => globalThis.fetch(url, init) : null;
     this.storage = o.storage ?? globalThis.localStorage ?? memoryStorage();
     this.now = o.now ?? (() => Date.now());
     this.setTimeout = o.setTimeout ?? ((fn, ms) => globalThis.setTimeout(fn, ms));
@@ -189,6 +203,12 @@ export class CourierClient {
     this.stopped = true;
     this.ws = null;
     this.welcomed = false;
+    /** The current socket's upgrade went through (its `open` fired). */
+    this.upgraded = false;
+    /** Bumped by connect() and by every welcome: a token check begun before either is stale. */
+    this.epoch = 0;
+    /** A token check is in flight; one at a time is plenty. */
+    this.checking = false;
     this.attempt = 0;
     this.nextRetryAt = null;
     this.heartbeatMs = this.opts.heartbeatMs;
@@ -246,6 +266,7 @@ export class CourierClient {
   connect() {
     if (!this.stopped) return;
     this.stopped = false;
+    this.epoch++;
     this.window?.addEventListener?.('online', this.onOnline);
     this.document?.addEventListener?.('visibilitychange', this.onVisibility);
     this.lastTick = this.now();
@@ -255,6 +276,11 @@ export class CourierClient {
 
   /** Stops for good (signed out): no reconnect until connect() is called again. */
   close() {
+    this.stop('offline');
+  }
+
+  /** Stops and ends in `state`: `offline` (closed here) or `refused` (the server refused the token). */
+  stop(state) {
     if (this.stopped) return;
     this.stopped = true;
     this.window?.removeEventListener?.('online', this.onOnline);
@@ -264,7 +290,7 @@ export class CourierClient {
     this.detach()?.close(1000);
     this.connectionGone();
     this.nextRetryAt = null;
-    this.setState('offline');
+    this.setState(state);
   }
 
   /** The network is known to be back (or the machine woke): drop the backoff and retry now. */
@@ -277,11 +303,14 @@ export class CourierClient {
   open() {
     this.cancel('retry');
     this.nextRetryAt = null;
-    const sep = this.url.includes('?') ? '&' : '?';
-    const ws = new this.WebSocket(`${this.url}${sep}token=${encodeURIComponent(this.token)}`, ['courier.v1']);
+    const ws = new this.WebSocket(this.socketUrl(this.url), ['courier.v1']);
     this.ws = ws;
     this.welcomed = false;
+    this.upgraded = false;
     this.lastHeard = this.now();
+    ws.onopen = () => {
+      this.upgraded = true;
+    };
     ws.onmessage = (ev) => this.onFrame(ev.data);
     // An error event is always followed by a close, which is where the reconnect is decided.
     ws.onclose = () => this.lost();
@@ -292,13 +321,17 @@ export class CourierClient {
   detach() {
     const ws = this.ws;
     if (!ws) return null;
-    ws.onmessage = ws.onclose = null;
+    ws.onopen = ws.onmessage = ws.onclose = null;
     this.ws = null;
     return ws;
   }
 
   /** The connection is gone or given up: reconnect after `delayMs` (a backoff step by default). */
   lost(delayMs) {
+    // A socket that closes before its upgrade went through was refused or never reached
+    // the server, and the browser does not tell which: a 401 for the token looks exactly
+    // like a server that is down.
+    const refused = this.ws != null && !this.upgraded;
     this.detach()?.close();
     this.connectionGone();
     this.saveCursor();
@@ -310,6 +343,41 @@ export class CourierClient {
       this.open();
     }, inMs);
     this.setState('reconnecting', { inMs, at: this.nextRetryAt, attempt: this.attempt });
+    if (refused) this.checkToken();
+  }
+
+  /**
+   * Asks the server over plain HTTP whether it takes the token. Only a `401` from courier
+   * itself (`WWW-Authenticate: Bearer`) is a verdict: then no retry can succeed, and the
+   * client stops in state `refused`. A server that is down, busy or too old to answer the
+   * check, or a proxy's own 401, leaves the backoff going.
+   */
+  checkToken() {
+    if (!this.fetch || this.checking) return;
+    const epoch = this.epoch;
+    this.checking = true;
+    // The token goes as the socket sends it, in the query: the check then passes through
+    // whatever stands in front of the server exactly as the upgrade did (an Authorization
+    // header would displace a proxy's own Basic credentials).
+    // The executor runs at once, and turns a fetch that throws into a rejection.
+    new Promise((resolve) => resolve(this.fetch(this.socketUrl(tokenCheckUrl(this.url)), { cache: 'no-store' })))
+      .then(
+        (res) => {
+          const courier = /^bearer\b/i.test(res?.headers?.get?.('www-authenticate') ?? '');
+          // A welcome since the check began proves the token good; a stop ends the matter.
+          if (res?.status === 401 && courier && epoch === this.epoch && !this.stopped) this.stop('refused');
+        },
+        () => {},
+      )
+      .finally(() => {
+        this.checking = false;
+      });
+  }
+
+  /** `url` with the token in its query. */
+  socketUrl(url) {
+    const sep = url.includes('?') ? '&' : '?';
+    return `${url}${sep}token=${encodeURIComponent(this.token)}`;
   }
 
   /** Resets what belongs to one connection; the cursor and the outbox stay. */
@@ -442,6 +510,7 @@ export class CourierClient {
       this.saveCursor();
     }
     this.welcomed = true;
+    this.epoch++;
     this.attempt = 0;
     this.heartbeatMs = f.heartbeat_ms > 0 ? f.heartbeat_ms : this.opts.heartbeatMs;
     this.lastPing = this.lastSent = this.now();

@@ -7,7 +7,7 @@
 // `scenario()`, which owns its servers and browser contexts, closes them whatever
 // happens, and on failure adds to the error what the pages and the server said.
 
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -59,15 +59,27 @@ function serverEnv() {
   return env;
 }
 
+/** A token secret for a server without dev login (at least 32 bytes). */
+export const TEST_SECRET = 'e2e-secret-0123456789abcdef0123456789abcdef';
+
+/** A token for `user` signed with `secret`, made by `courier token` as an operator would. */
+export function mintToken(user, secret = TEST_SECRET) {
+  return execFileSync(BIN, ['token', user, '--ttl', '1h'], {
+    env: { ...serverEnv(), COURIER_JWT_SECRET: secret },
+    encoding: 'utf8',
+  }).trim();
+}
+
 /**
- * A `courier serve` with dev login on loopback. Dev login signs with the secret it keeps in
- * the data folder (and refuses a configured one), so tokens the pages hold stay valid across
- * a kill and restart on the same folder. start() may be called again after kill(), on the
- * same data folder and port.
+ * A `courier serve` on loopback, with dev login on unless `secret` is given. Dev login
+ * signs with the secret it keeps in the data folder (and refuses a configured one), so
+ * tokens the pages hold stay valid across a kill and restart on the same folder. start()
+ * may be called again after kill(), on the same data folder and port.
  */
 export class Server {
-  constructor({ data, log = [] } = {}) {
+  constructor({ data, log = [], secret = null } = {}) {
     this.data = data;
+    this.secret = secret;
     this.port = 0;
     this.addr = null;
     this.child = null;
@@ -95,9 +107,12 @@ export class Server {
   startOnce() {
     if (!existsSync(BIN)) throw new Error(`no courier binary at ${BIN} (cargo build --bin courier)`);
     const n = ++this.starts;
-    const args = ['serve', '--dev-login', 'on', '--listen', `127.0.0.1:${this.port}`, '--data', this.data, ...SERVER_TIMINGS];
+    const login = this.secret ? [] : ['--dev-login', 'on'];
+    const args = ['serve', ...login, '--listen', `127.0.0.1:${this.port}`, '--data', this.data, ...SERVER_TIMINGS];
+    const env = { ...serverEnv(), RUST_BACKTRACE: '1' };
+    if (this.secret) env.COURIER_JWT_SECRET = this.secret;
     const child = spawn(BIN, args, {
-      env: { ...serverEnv(), RUST_BACKTRACE: '1' },
+      env,
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     this.child = child;
@@ -356,13 +371,15 @@ export async function scenario(browser, name, fn, { label = 'FAILED' } = {}) {
   const users = [];
   const sc = {
     data,
-    async server() {
-      const s = new Server({ data, log });
+    /** A server on the scenario's data folder; `{ secret }` runs it without dev login. */
+    async server({ secret } = {}) {
+      const s = new Server({ data, log, secret });
       servers.push(s);
       return s.start();
     },
-    async user(userName, { storageState } = {}) {
-      const context = await browser.newContext({ viewport: { width: 1000, height: 700 }, storageState });
+    /** A person at a browser of their own; `options` go to the context (locale, timezoneId). */
+    async user(userName, { storageState, ...options } = {}) {
+      const context = await browser.newContext({ viewport: { width: 1000, height: 700 }, storageState, ...options });
       context.setDefaultTimeout(WAIT_MS);
       const page = await context.newPage();
       const u = new User(userName, context, page);

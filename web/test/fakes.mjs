@@ -86,6 +86,34 @@ export class FakeSocket {
   }
 }
 
+/**
+ * A `fetch` whose answers the test gives: each call is recorded with `respond(status,
+ * headers)` and `fail()`, and its promise waits until one of them is called.
+ */
+export function fakeFetch() {
+  const calls = [];
+  const fetch = (url, init) =>
+    new Promise((resolve, reject) => {
+      calls.push({
+        url,
+        init,
+        respond(status, headers = {}) {
+          const lower = new Map(Object.entries(headers).map(([k, v]) => [k.toLowerCase(), v]));
+          resolve({ status, ok: status >= 200 && status < 300, headers: { get: (name) => lower.get(name.toLowerCase()) ?? null } });
+        },
+        fail() {
+          reject(new TypeError('Failed to fetch'));
+        },
+      });
+    });
+  return { fetch, calls };
+}
+
+/** Lets every promise callback that is ready run (fetch answers are promises). */
+export function settle() {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
 /** A JWT-shaped token naming `user`; courier.js reads its `sub` and nothing else. */
 export function makeToken(user) {
   const part = (obj) => Buffer.from(JSON.stringify(obj)).toString('base64url');
@@ -104,6 +132,7 @@ export function harness({ user = 'alice', storage = memoryStorage(), clock = new
       sockets.push(this);
     }
   };
+  const { fetch, calls: fetches } = fakeFetch();
   const window = new EventTarget();
   const document = new EventTarget();
   document.visibilityState = 'visible';
@@ -111,6 +140,7 @@ export function harness({ user = 'alice', storage = memoryStorage(), clock = new
     url: 'ws://courier.test/ws',
     token: makeToken(user),
     WebSocket: Socket,
+    fetch,
     storage,
     now: clock.now,
     setTimeout: clock.setTimeout,
@@ -129,6 +159,7 @@ export function harness({ user = 'alice', storage = memoryStorage(), clock = new
     clock,
     storage,
     sockets,
+    fetches,
     window,
     document,
     events,
