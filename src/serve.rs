@@ -320,6 +320,68 @@ impl Server {
         Ok(claims.sub)
     }
 
+    /// `GET /ws` without an upgrade: a browser's WebSocket cannot see the status of a
+    /// refused upgrade, so the page asks here whether its token is taken. With a token,
+    /// checked as the upgrade checks it (the same failed-login guard): `401` when refused;
+    /// otherwise, and without a token, `426`.
+    fn token_check(
+        &mut self,
+        request: &Request<'_>,
+        peer: SocketAddr,
+        net: NetStats,
+        out: &mut Vec<u8>,
+    ) {
+        let has_token =
+            request.query_param("token").is_some() || request.header("authorization").is_some();
+        if has_token {
+            let client = self
+                .trusted_proxies
+                .client(peer, request.headers_named("x-forwarded-for"));
+            if let Err(retry) = self.login_guard.admit(address_key(client), net.now) {
+                let retry = retry.to_string();
+                handshake::write_response(
+                    out,
+                    429,
+                    "Too Many Requests",
+                    "text/plain; charset=utf-8",
+                    &[("Retry-After", &retry)],
+                    b"too many failed logins from this address\n",
+                );
+                return;
+            }
+            if let Err(e) = self.authenticate(request) {
+                if self.login_guard.failed(address_key(client), net.now) {
+                    crate::log_warn!("auth failed from {client}: {e}");
+                }
+                let body = format!("{e}\n");
+                handshake::write_response(
+                    out,
+                    401,
+                    "Unauthorized",
+                    "text/plain; charset=utf-8",
+                    &[
+                        ("WWW-Authenticate", "Bearer"),
+                        ("Cache-Control", "no-store"),
+                    ],
+                    body.as_bytes(),
+                );
+                return;
+            }
+        }
+        handshake::write_response(
+            out,
+            426,
+            "Upgrade Required",
+            "text/plain; charset=utf-8",
+            &[
+                ("Upgrade", "websocket"),
+                ("Sec-WebSocket-Version", "13"),
+                ("Cache-Control", "no-store"),
+            ],
+            b"a WebSocket endpoint: connect with an upgrade\n",
+        );
+    }
+
     fn healthz(&self, out: &mut Vec<u8>) {
         // Not writable while stopping (the store is gone) or while the disk refuses writes.
         let writable = self
@@ -435,6 +497,7 @@ impl Service for Server {
             "/healthz" => self.healthz(out),
             "/metrics" if !self.metrics_elsewhere => self.metrics(net, out),
             "/dev/token" if self.dev_login => self.dev_token(request, peer, out),
+            "/ws" => self.token_check(request, peer, net, out),
             _ if crate::web::serve(request, out) => {}
             _ => not_found(out),
         }
