@@ -178,10 +178,16 @@ if [ "$(id -u)" -eq 0 ]; then
 else
     mkdir -m 0700 "$work/run"
 fi
-secret=$(openssl rand -hex 32)
+# The secret as the unit's LoadCredential hands it over: a file of the service user's,
+# read through COURIER_JWT_SECRET_FILE (so the trace covers reading it).
+mkdir -m 0700 "$work/run/creds"
+secret_file=$work/run/creds/jwt-secret
+"$courier_bin" secret --out "$secret_file" >/dev/null
+chmod 0400 "$secret_file"
+if [ "$(id -u)" -eq 0 ]; then chown -R nobody:nogroup "$work/run/creds"; fi
 # The unit's settings, on loopback port 0 and a temp data folder. strace runs as the
 # service user too and traces from courier's execve on.
-COURIER_JWT_SECRET=$secret COURIER_LISTEN=127.0.0.1:0 COURIER_TRUSTED_PROXY=127.0.0.1 \
+COURIER_JWT_SECRET_FILE=$secret_file COURIER_LISTEN=127.0.0.1:0 COURIER_TRUSTED_PROXY=127.0.0.1 \
     "${run_as[@]}" strace -f -qq -o "$work/run/strace.out" "$courier_bin" serve --data "$work/run/data" \
     >"$work/courier.out" 2>"$work/courier.log" &
 strace_pid=$!
@@ -207,8 +213,8 @@ for stat in /proc/[0-9]*/stat; do
     fi
 done
 [ -n "$courier_pid" ] || fail "no courier process under strace ($strace_pid)"
-TOKEN_ALICE=$(COURIER_JWT_SECRET=$secret "$courier_bin" token alice --ttl 10m)
-TOKEN_BOB=$(COURIER_JWT_SECRET=$secret "$courier_bin" token bob --ttl 10m)
+TOKEN_ALICE=$("$courier_bin" token alice --ttl 10m --jwt-secret-file "$secret_file")
+TOKEN_BOB=$("$courier_bin" token bob --ttl 10m --jwt-secret-file "$secret_file")
 BASE="http://$addr" TOKEN_ALICE=$TOKEN_ALICE TOKEN_BOB=$TOKEN_BOB \
     timeout --kill-after=5 90 node tests/ops/session.mjs
 kill -TERM "$courier_pid"

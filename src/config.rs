@@ -3,7 +3,7 @@
 //! single source for parsing and for `--help`, so the two cannot drift apart.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 
 /// One command-line flag. Its environment variable is `COURIER_` + the name upper-cased
 /// with `-` turned into `_`.
@@ -18,7 +18,7 @@ pub const NET_FLAGS: &[Flag] = &[
     Flag {
         name: "listen",
         default: "127.0.0.1:8080",
-        help: "address to accept connections on",
+        help: "address to accept connections on: IP:PORT, HOST:PORT (resolved once at start; the first IPv4 address, else the first), or :PORT for 127.0.0.1 (every interface: 0.0.0.0:PORT or [::]:PORT)",
     },
     Flag {
         name: "max-message",
@@ -72,7 +72,12 @@ pub const SERVE_FLAGS: &[Flag] = &[
     Flag {
         name: "jwt-secret",
         default: "",
-        help: "HS256 secret that signs access tokens, at least 32 bytes (make one with `courier secret`); required, except with --dev-login on, which refuses it",
+        help: "HS256 secret that signs access tokens, at least 32 bytes (make one with `courier secret`); this or --jwt-secret-file is required, except with --dev-login on, which refuses both",
+    },
+    Flag {
+        name: "jwt-secret-file",
+        default: "",
+        help: "file holding the --jwt-secret (one trailing newline ignored; refused when other users may read or write it); `courier secret --out FILE` makes one",
     },
     Flag {
         name: "max-token-ttl",
@@ -224,6 +229,11 @@ pub const TOKEN_FLAGS: &[Flag] = &[
         help: "HS256 secret that signs access tokens, at least 32 bytes (the server's)",
     },
     Flag {
+        name: "jwt-secret-file",
+        default: "",
+        help: "file holding the secret (the server's --jwt-secret-file)",
+    },
+    Flag {
         name: "token-audience",
         default: "",
         help: "aud claim to write (the server's --token-audience)",
@@ -236,14 +246,24 @@ pub const TOKEN_FLAGS: &[Flag] = &[
     Flag {
         name: "ttl",
         default: "24h",
-        help: "how long the token is valid",
+        help: "how long the token is valid (at least 1s)",
     },
 ];
 
+/// Where a value came from, so an error names what the user actually wrote: a bad
+/// `COURIER_IDLE_TIMEOUT` reported as `--idle-timeout` sends them looking for a flag they
+/// never gave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Flag,
+    Env,
+    Default,
+}
+
 /// Parsed flag values, each already checked against its table.
 pub struct Values {
-    /// Every flag's value, and whether it came from the flag or the environment.
-    entries: Vec<(&'static Flag, String, bool)>,
+    /// Every flag's value, and where it came from.
+    entries: Vec<(&'static Flag, String, Source)>,
     /// Every occurrence of each flag given on the command line, in order (for the
     /// repeatable ones).
     given: Vec<(&'static Flag, String)>,
@@ -294,14 +314,14 @@ pub fn parse(
     let mut entries = Vec::with_capacity(flags.len());
     for flag in flags {
         // The last occurrence of a flag wins, as with most tools.
-        let value = given
-            .iter()
-            .rev()
-            .find(|(f, _)| std::ptr::eq(*f, flag))
-            .map(|(_, v)| v.clone())
-            .or_else(|| env(&env_name(flag.name)));
-        let set = value.is_some();
-        entries.push((flag, value.unwrap_or_else(|| flag.default.to_string()), set));
+        let (value, source) = match given.iter().rev().find(|(f, _)| std::ptr::eq(*f, flag)) {
+            Some((_, value)) => (value.clone(), Source::Flag),
+            None => match env(&env_name(flag.name)) {
+                Some(value) => (value, Source::Env),
+                None => (flag.default.to_string(), Source::Default),
+            },
+        };
+        entries.push((flag, value, source));
     }
     Ok(Parsed::Run(Values { entries, given }, positional))
 }
@@ -329,7 +349,7 @@ pub fn help(usage: &str, tables: &[&'static [Flag]]) -> String {
 }
 
 impl Values {
-    fn entry(&self, name: &str) -> &(&'static Flag, String, bool) {
+    fn entry(&self, name: &str) -> &(&'static Flag, String, Source) {
         self.entries
             .iter()
             .find(|(f, ..)| f.name == name)
@@ -340,10 +360,32 @@ impl Values {
         &self.entry(name).1
     }
 
+    pub fn source(&self, name: &str) -> Source {
+        self.entry(name).2
+    }
+
+    /// The flag or the environment variable the value came from, as the user wrote it:
+    /// `--idle-timeout` or `COURIER_IDLE_TIMEOUT` (the flag for a default).
+    pub fn label(&self, name: &str) -> String {
+        match self.source(name) {
+            Source::Env => env_name(name),
+            Source::Flag | Source::Default => format!("--{name}"),
+        }
+    }
+
+    /// [`label`](Self::label) with the value: `--max-body 2MiB`, `COURIER_MAX_BODY=2MiB`.
+    pub fn given(&self, name: &str) -> String {
+        let raw = self.raw(name);
+        match self.source(name) {
+            Source::Env => format!("{}={raw}", env_name(name)),
+            Source::Flag | Source::Default => format!("--{name} {raw}"),
+        }
+    }
+
     /// A repeatable flag: every occurrence on the command line, or else its environment
     /// variable split at commas, or else its default (empty when the default is empty).
     pub fn list(&self, name: &str) -> Vec<String> {
-        let (flag, value, set) = self.entry(name);
+        let (flag, value, source) = self.entry(name);
         let given: Vec<String> = self
             .given
             .iter()
@@ -353,7 +395,7 @@ impl Values {
         if !given.is_empty() {
             return given;
         }
-        if *set || !value.is_empty() {
+        if *source != Source::Default || !value.is_empty() {
             return value
                 .split(',')
                 .map(str::trim)
@@ -366,7 +408,7 @@ impl Values {
 
     /// Whether the flag or its environment variable was given (not just the default).
     pub fn is_set(&self, name: &str) -> bool {
-        self.entry(name).2
+        self.source(name) != Source::Default
     }
 
     /// `on` or `off`.
@@ -374,7 +416,10 @@ impl Values {
         match self.raw(name) {
             "on" => Ok(true),
             "off" => Ok(false),
-            raw => Err(format!("--{name}: expected on or off, got '{raw}'")),
+            raw => Err(format!(
+                "{}: expected on or off, got '{raw}'",
+                self.label(name)
+            )),
         }
     }
 
@@ -382,20 +427,22 @@ impl Values {
     pub fn count(&self, name: &str) -> Result<u64, String> {
         let raw = self.raw(name);
         raw.parse()
-            .map_err(|_| format!("--{name}: expected a whole number, got '{raw}'"))
+            .map_err(|_| format!("{}: expected a whole number, got '{raw}'", self.label(name)))
     }
 
+    /// An address to listen on, host names resolved now (see [`resolve_listen`]).
     pub fn addr(&self, name: &str) -> Result<SocketAddr, String> {
-        let raw = self.raw(name);
-        raw.parse()
-            .map_err(|_| format!("--{name}: expected an address like 127.0.0.1:8080, got '{raw}'"))
+        resolve_listen(self.raw(name)).map_err(|e| format!("{}: {e}", self.label(name)))
     }
 
     /// A duration in milliseconds: `500ms`, `25s`, `2m`, `1h`, `1d`.
     pub fn millis(&self, name: &str) -> Result<u64, String> {
         let raw = self.raw(name);
         parse_duration_ms(raw).ok_or_else(|| {
-            format!("--{name}: expected a duration like 500ms, 25s, 2m or 24h, got '{raw}'")
+            format!(
+                "{}: expected a duration like 500ms, 25s, 2m or 24h, got '{raw}'",
+                self.label(name)
+            )
         })
     }
 
@@ -426,7 +473,10 @@ impl Values {
     pub fn bytes(&self, name: &str) -> Result<usize, String> {
         let raw = self.raw(name);
         parse_size(raw).ok_or_else(|| {
-            format!("--{name}: expected a size like 65536, 64KiB or 16MiB, got '{raw}'")
+            format!(
+                "{}: expected a size like 65536, 64KiB or 16MiB, got '{raw}'",
+                self.label(name)
+            )
         })
     }
 
@@ -436,9 +486,12 @@ impl Values {
         if raw == "auto" {
             return Ok(None);
         }
-        raw.parse()
-            .map(Some)
-            .map_err(|_| format!("--{name}: expected a whole number or 'auto', got '{raw}'"))
+        raw.parse().map(Some).map_err(|_| {
+            format!(
+                "{}: expected a whole number or 'auto', got '{raw}'",
+                self.label(name)
+            )
+        })
     }
 }
 
@@ -469,6 +522,48 @@ pub fn parse_size(raw: &str) -> Option<usize> {
         _ => return None,
     };
     number.checked_mul(scale)
+}
+
+/// What `--listen` and `--metrics-listen` take. An IP literal is used as it is.
+///
+/// `HOST:PORT` is resolved once, here, to one address, since one listener binds one: the
+/// first IPv4 address the resolver gives, else its first. glibc puts `::1` before
+/// `127.0.0.1` for `localhost`, and a server on `::1` alone is missed by every
+/// `http://127.0.0.1:8080/` in the docs and scripts.
+///
+/// `:PORT` keeps the default host, 127.0.0.1. In Go it would mean every interface, but
+/// whoever types only a port wants another port; reading it as "put the server on the
+/// network" would expose a server (dev login included) that was meant to stay local.
+/// Every interface is asked for by name: `0.0.0.0:PORT` or `[::]:PORT`.
+pub fn resolve_listen(raw: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = raw.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let expected = "expected HOST:PORT like 127.0.0.1:8080, localhost:8080, [::1]:8080 or :8080";
+    let Some((host, port)) = raw.rsplit_once(':') else {
+        return Err(format!("{expected}, got '{raw}' (no port)"));
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{expected}, got '{raw}' ('{port}' is not a port)"))?;
+    if host.is_empty() {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    if host.contains([':', '[', ']']) {
+        return Err(format!(
+            "{expected}, got '{raw}' (an IPv6 address goes in brackets: [::1]:8080)"
+        ));
+    }
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve '{host}': {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("'{host}' resolves to no address"))
 }
 
 /// The network layer's settings.
@@ -511,13 +606,29 @@ impl NetConfig {
             metrics_listen: None,
         };
         if config.max_connections == 0 {
-            return Err("--max-connections must be at least 1".into());
+            return Err(format!(
+                "{}: must be at least 1",
+                values.given("max-connections")
+            ));
+        }
+        if config.max_message == 0 {
+            return Err(format!(
+                "{}: every message would be refused (1009); at least 1 byte",
+                values.given("max-message")
+            ));
         }
         if config.out_hard_cap < config.out_soft_cap {
-            return Err("--out-hard-cap must not be below --out-soft-cap".into());
+            return Err(format!(
+                "{} must not be below {}",
+                values.given("out-hard-cap"),
+                values.given("out-soft-cap")
+            ));
         }
         if config.out_hard_cap > 1 << 30 {
-            return Err("--out-hard-cap must be at most 1GiB".into());
+            return Err(format!(
+                "{}: must be at most 1GiB",
+                values.given("out-hard-cap")
+            ));
         }
         for (name, ms) in [
             ("idle-timeout", config.idle_timeout_ms),
@@ -526,7 +637,7 @@ impl NetConfig {
             ("message-timeout", config.message_timeout_ms),
         ] {
             if ms == 0 {
-                return Err(format!("--{name} must be longer than 0"));
+                return Err(format!("{}: must be longer than 0", values.given(name)));
             }
         }
         Ok(config)
@@ -658,6 +769,51 @@ mod tests {
         ]);
         assert!(v.millis_or_off("max-token-ttl").is_err());
         assert!(v.optional_addr("metrics-listen").is_err());
+    }
+
+    #[test]
+    fn an_error_names_the_flag_or_the_variable_the_value_came_from() {
+        let env = |name: &str| (name == "COURIER_IDLE_TIMEOUT").then(|| "5".to_owned());
+        let from_env = values(&[], &env).millis("idle-timeout").unwrap_err();
+        assert!(from_env.starts_with("COURIER_IDLE_TIMEOUT: "), "{from_env}");
+        assert!(!from_env.contains("--idle-timeout"), "{from_env}");
+        let from_flag = values(&["--idle-timeout", "5"], &env)
+            .millis("idle-timeout")
+            .unwrap_err();
+        assert!(from_flag.starts_with("--idle-timeout: "), "{from_flag}");
+        let v = values(&["--max-message", "0"], &env);
+        assert_eq!(v.given("max-message"), "--max-message 0");
+        assert_eq!(v.given("idle-timeout"), "COURIER_IDLE_TIMEOUT=5");
+        assert_eq!(v.source("handshake-timeout"), Source::Default);
+        let v = values(&["--max-message", "0"], &no_env);
+        let refusal = NetConfig::from_values(&v, 1000).unwrap_err();
+        assert!(refusal.starts_with("--max-message 0: "), "{refusal}");
+    }
+
+    #[test]
+    fn listen_takes_ip_literals_host_names_and_a_bare_port() {
+        let ok = |raw: &str| resolve_listen(raw).unwrap_or_else(|e| panic!("{raw}: {e}"));
+        assert_eq!(ok("0.0.0.0:8080"), "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(ok("[::1]:8080"), "[::1]:8080".parse().unwrap());
+        assert_eq!(ok("[::]:0"), "[::]:0".parse().unwrap());
+        // A bare port keeps the default host: loopback, never every interface.
+        assert_eq!(ok(":8080"), "127.0.0.1:8080".parse().unwrap());
+        // A host name, from /etc/hosts: no DNS server is asked, whatever the machine.
+        let local = ok("localhost:8080");
+        assert!(local.ip().is_loopback(), "{local}");
+        assert_eq!(local.port(), 8080);
+        for (raw, says) in [
+            ("localhost", "no port"),
+            ("127.0.0.1", "no port"),
+            ("localhost:http", "not a port"),
+            ("localhost:70000", "not a port"),
+            ("::1:8080", "brackets"),
+            ("[::1:8080", "brackets"),
+        ] {
+            let refusal = resolve_listen(raw).unwrap_err();
+            assert!(refusal.contains(says), "{raw}: {refusal}");
+            assert!(refusal.contains(&format!("'{raw}'")), "{raw}: {refusal}");
+        }
     }
 
     #[test]

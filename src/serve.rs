@@ -368,17 +368,10 @@ impl Server {
                 return;
             }
         }
-        handshake::write_response(
+        upgrade_required(
             out,
-            426,
-            "Upgrade Required",
-            "text/plain; charset=utf-8",
-            &[
-                ("Upgrade", "websocket"),
-                ("Sec-WebSocket-Version", "13"),
-                ("Cache-Control", "no-store"),
-            ],
-            b"a WebSocket endpoint: connect with an upgrade\n",
+            "/ws is courier's WebSocket endpoint: connect with a WebSocket client to \
+             ws://HOST/ws?token=JWT (docs/PROTOCOL.md). The chat page is at /.\n",
         );
     }
 
@@ -490,6 +483,25 @@ fn respond_json(out: &mut Vec<u8>, status: u16, reason: &str, body: &str) {
     );
 }
 
+/// `426` for a plain request to a WebSocket endpoint: someone who opens `/ws` in a browser
+/// or with curl learns what it is, where a `404` would say it does not exist. RFC 9110
+/// §15.5.22: a 426 "MUST send an Upgrade header field", and §7.8 flags it in Connection.
+fn upgrade_required(out: &mut Vec<u8>, body: &str) {
+    handshake::write_response(
+        out,
+        426,
+        "Upgrade Required",
+        "text/plain; charset=utf-8",
+        &[
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade, close"),
+            ("Sec-WebSocket-Version", "13"),
+            ("Cache-Control", "no-store"),
+        ],
+        body.as_bytes(),
+    );
+}
+
 impl Service for Server {
     fn http(&mut self, request: &Request<'_>, peer: SocketAddr, net: NetStats, out: &mut Vec<u8>) {
         match request.path() {
@@ -498,6 +510,11 @@ impl Service for Server {
             "/metrics" if !self.metrics_elsewhere => self.metrics(net, out),
             "/dev/token" if self.dev_login => self.dev_token(request, peer, out),
             "/ws" => self.token_check(request, peer, net, out),
+            "/echo" if self.echo => upgrade_required(
+                out,
+                "/echo is courier's WebSocket echo endpoint: connect with a WebSocket \
+                 client; every data message comes back.\n",
+            ),
             _ if crate::web::serve(request, out) => {}
             _ => not_found(out),
         }

@@ -100,7 +100,8 @@ fn an_unmasked_client_frame_closes_1002() {
 
 #[test]
 fn a_message_over_max_message_closes_1009() {
-    let server = Server::start(&["--max-message", "1KiB"]);
+    // --max-body below --max-message, or the server refuses to start.
+    let server = Server::start(&["--max-message", "1KiB", "--max-body", "512"]);
     let mut alice = server.connect("alice");
     // At the limit: parsed (unknown fields are ignored), not closed.
     let at_limit = format!(

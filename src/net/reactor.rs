@@ -168,13 +168,13 @@ impl<S: Service> Reactor<S> {
         make_service: impl FnOnce(Waker) -> io::Result<S>,
     ) -> io::Result<Reactor<S>> {
         let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(config.listen)?;
+        let mut listener = bind(config.listen)?;
         raise_backlog(&listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let metrics_listener = match config.metrics_listen {
             Some(addr) => {
-                let mut metrics = TcpListener::bind(addr)?;
+                let mut metrics = bind(addr)?;
                 poll.registry()
                     .register(&mut metrics, METRICS_LISTENER, Interest::READABLE)?;
                 Some(metrics)
@@ -1017,6 +1017,13 @@ impl<S: Service> Reactor<S> {
             self.with_service(None, |service, out| service.closed(id, code, out));
         }
     }
+}
+
+/// The OS error alone ("Address already in use") does not say which of two listeners
+/// failed, nor on what address.
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
 
 fn lingering(upgraded: bool) -> Phase {

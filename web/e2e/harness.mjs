@@ -56,6 +56,7 @@ process.on('exit', () => {
 function serverEnv() {
   const env = { ...process.env };
   delete env.COURIER_JWT_SECRET;
+  delete env.COURIER_JWT_SECRET_FILE;
   return env;
 }
 
