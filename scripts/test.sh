@@ -17,18 +17,40 @@ cd "$(dirname "$0")/.."
 started=$SECONDS
 passed=0
 current=""
+section_started=$SECONDS
+# Each finished section's name and its own duration, for the table printed at the end:
+# the cumulative "elapsed" of each line does not say which section a slow run spent on.
+section_names=()
+section_seconds=()
 
 section() {
     current=$1
+    section_started=$SECONDS
     printf '\n==== %s\n' "$1"
 }
 done_section() {
+    local took=$((SECONDS - section_started))
     passed=$((passed + 1))
-    printf '==== %s: ok (%ds elapsed)\n' "$current" "$((SECONDS - started))"
+    section_names+=("$current")
+    section_seconds+=("$took")
+    printf '==== %s: ok in %ds (%ds elapsed)\n' "$current" "$took" "$((SECONDS - started))"
+}
+# The table of every section run: those done, then the one that failed, if one did.
+times_table() {
+    local failed=$1 i
+    printf '\n==== time per section\n'
+    for i in "${!section_names[@]}"; do
+        printf '%6ds  ok      %s\n' "${section_seconds[$i]}" "${section_names[$i]}"
+    done
+    if [ -n "$failed" ]; then
+        printf '%6ds  FAILED  %s\n' "$((SECONDS - section_started))" "$failed"
+    fi
+    printf '%6ds  total\n' "$((SECONDS - started))"
 }
 on_exit() {
     local status=$?
     if [ "$status" -ne 0 ]; then
+        times_table "$current"
         printf '\n==== FAILED in: %s (exit status %d)\n' "$current" "$status"
         echo "suites: $passed passed, 1 failed"
     fi
@@ -130,5 +152,6 @@ scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
 done_section
 
 current="all"
+times_table ""
 printf '\n==== all suites passed in %ds\n' "$((SECONDS - started))"
 echo "suites: $passed passed, 0 failed"
