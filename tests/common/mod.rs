@@ -17,7 +17,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use listening::spawn_listening;
+use listening::{start_listening, StderrTail};
 
 /// Default socket timeout: far above any legitimate wait on loopback, far below "hung".
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,24 +39,31 @@ pub const OP_PING: u8 = 0x9;
 pub const OP_PONG: u8 = 0xA;
 
 /// A running `courier echo`; killed when dropped so a failing test leaves no process behind.
+/// Its stderr is kept out of the test's output, and printed when the test fails.
 pub struct Server {
     child: Child,
     addr: SocketAddr,
+    stderr: Option<StderrTail>,
 }
 
 impl Server {
     /// Starts `courier echo --listen 127.0.0.1:0` plus `extra` and waits for its
     /// `listening on ADDR` line.
     pub fn start(extra: &[&str]) -> Server {
-        let (child, addr) = spawn_listening(
+        let started = start_listening(
             Command::new(env!("CARGO_BIN_EXE_courier"))
                 .args(["echo", "--listen", "127.0.0.1:0"])
                 .args(extra)
                 .stdin(Stdio::null())
-                .stderr(Stdio::inherit()),
+                .stderr(Stdio::piped()),
             Duration::from_secs(10),
+            |_| {},
         );
-        Server { child, addr }
+        Server {
+            child: started.child,
+            addr: started.addr,
+            stderr: started.stderr,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -115,6 +122,11 @@ impl Drop for Server {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
+        // After the exit, so the log is complete.
+        if let Some(stderr) = &self.stderr {
+            let label = format!("courier echo pid {} on {}", self.child.id(), self.addr);
+            stderr.print_if_panicking(&label);
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use listening::spawn_listening;
+use listening::{start_listening, StderrTail};
 use serde_json::{json, Value};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::http::HeaderValue;
@@ -70,9 +70,14 @@ impl Drop for DataDir {
 
 /// A running `courier serve`, killed (SIGKILL) and reaped on drop. When started with
 /// [`Server::start`] it owns its data folder, removed after the process is gone.
+///
+/// Its stderr (the log), when the command pipes it as [`courier_command`] does, is kept
+/// out of the test's output and printed only when the test fails (dropped while
+/// panicking).
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
+    stderr: Option<StderrTail>,
     /// Dropped after `Drop::drop` has killed the process.
     _dir: Option<DataDir>,
 }
@@ -102,10 +107,11 @@ impl Server {
     /// Runs any `courier` command line (`courier echo …` too) and waits for its
     /// `listening on ADDR` line.
     pub fn run(mut command: Command) -> Server {
-        let (child, addr) = spawn_listening(&mut command, Duration::from_secs(15));
+        let started = start_listening(&mut command, Duration::from_secs(15), |_| {});
         Server {
-            child,
-            addr,
+            child: started.child,
+            addr: started.addr,
+            stderr: started.stderr,
             _dir: None,
         }
     }
@@ -118,6 +124,10 @@ impl Server {
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn courier");
+        let stderr = child
+            .stderr
+            .take()
+            .map(|stderr| StderrTail::capture(stderr, |_| {}));
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -139,6 +149,7 @@ impl Server {
         let mut server = Server {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            stderr,
             _dir: None,
         };
         match rx.recv_timeout(Duration::from_secs(15)) {
@@ -150,25 +161,19 @@ impl Server {
         }
     }
 
-    /// [`Server::run`] with the server's stderr captured line by line into the returned
-    /// [`Log`] (and still echoed to the test's stderr), for tests about what is logged.
+    /// [`Server::run`] with the server's stderr also collected line by line into the
+    /// returned [`Log`], for tests about what is logged.
     pub fn run_logged(mut command: Command) -> (Server, Log) {
         command.stderr(Stdio::piped());
-        let (mut child, addr) = spawn_listening(&mut command, Duration::from_secs(15));
-        let stderr = child.stderr.take().expect("piped stderr");
         let log = Log::default();
         let lines = log.lines.clone();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                eprintln!("{line}");
-                lines.lock().unwrap().push(line);
-            }
+        let started = start_listening(&mut command, Duration::from_secs(15), move |line| {
+            lines.lock().unwrap().push(line.to_owned())
         });
         let server = Server {
-            child,
-            addr,
+            child: started.child,
+            addr: started.addr,
+            stderr: started.stderr,
             _dir: None,
         };
         (server, log)
@@ -253,14 +258,16 @@ pub fn serve_command(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Comman
 }
 
 /// `courier ARGS` with none of the test's own `COURIER_*` variables: the test's
-/// environment must not configure the server behind its back.
+/// environment must not configure the server behind its back. Stderr is piped: a
+/// [`Server`] keeps it for a failing test, `output()` returns it, and nothing reaches
+/// the output of a passing test.
 pub fn courier_command(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_courier"));
     command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
+        .stderr(Stdio::piped());
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("COURIER_") {
             command.env_remove(name);
@@ -315,6 +322,10 @@ impl Drop for Server {
             unsafe { libc::kill(self.pid(), libc::SIGKILL) };
         }
         let _ = self.child.wait();
+        // After the exit, so the log is complete.
+        if let Some(stderr) = &self.stderr {
+            stderr.print_if_panicking(&format!("courier pid {} on {}", self.pid(), self.addr));
+        }
     }
 }
 
