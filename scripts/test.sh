@@ -134,6 +134,12 @@ cargo test --doc
 cargo test --all-targets
 done_section
 
+section "README's steps, as written (scripts/readme-steps.sh)"
+# The README's "Running the server" commands, read from the README itself and run in order
+# with the debug binary `cargo test` just built: if they stop working, this says so.
+scripts/readme-steps.sh
+done_section
+
 section "soak (scripts/soak.sh, 60 s), the release build beside it"
 # Churn, sends, syncs, group changes and abusive clients against a fresh server; fails if an
 # acknowledged message is lost or the server's RSS, files or WAL keep growing. It runs
