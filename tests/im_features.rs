@@ -10,31 +10,16 @@ use serde_json::{json, Value};
 
 const QUIET: Duration = Duration::from_millis(300);
 
-/// Sends `request` with `rid` and returns its one reply, skipping pushes and relays that
-/// arrive first (they are returned too, in order).
-fn call(client: &mut Client, mut request: Value, rid: &str) -> (Value, Vec<Value>) {
-    request["rid"] = json!(rid);
-    client.send(request);
-    let mut other = Vec::new();
-    loop {
-        let value = client.next_json();
-        if value["rid"] == rid {
-            return (value, other);
-        }
-        other.push(value);
-    }
-}
-
 /// A request that must succeed; returns its reply.
 fn ok(client: &mut Client, request: Value) -> Value {
-    let (reply, _) = call(client, request.clone(), "ok?");
+    let (reply, _) = client.call(request.clone(), "ok?");
     assert_ne!(reply["type"], "error", "{request} -> {reply}");
     reply
 }
 
 /// A request that must fail with `code`.
 fn refused(client: &mut Client, request: Value, code: &str) {
-    let (reply, _) = call(client, request.clone(), "no?");
+    let (reply, _) = client.call(request.clone(), "no?");
     assert_eq!(reply["type"], "error", "{request} -> {reply}");
     assert_eq!(reply["code"], code, "{request} -> {reply}");
 }
@@ -426,7 +411,7 @@ fn a_recall_erases_the_body_and_reaches_every_participant() {
         "not_found",
     );
 
-    let (reply, _) = call(&mut ann, json!({"type": "recall", "mid": mid}), "rc");
+    let (reply, _) = ann.call(json!({"type": "recall", "mid": mid}), "rc");
     assert_eq!(reply["type"], "ok", "{reply}");
     let own = next_msg(&mut ann);
     let notice = next_msg(&mut bob);
