@@ -263,36 +263,59 @@ impl Server {
         }
     }
 
-    /// Admits an IM upgrade with a valid token, or answers `401`.
+    /// Admits `user`'s IM upgrade, or answers `429` when they hold `--max-per-user`.
     fn authorize(
         &mut self,
         conn: ConnId,
-        request: &Request<'_>,
+        user: String,
         client: IpAddr,
-        net: NetStats,
         protocol: Option<&'static str>,
         response: &mut Vec<u8>,
     ) -> Admission {
+        let held = self.hub.connections_held(&user)
+            + self.admitted.values().filter(|(u, _)| *u == user).count();
+        if self.max_per_user > 0 && held >= self.max_per_user {
+            crate::log_warn!("refused {user} from {client}: already {held} connections");
+            refuse_busy(response, "too many connections for this user\n");
+            return Admission::Refuse;
+        }
+        self.admitted.insert(conn, (user, client));
+        Admission::Accept {
+            protocol,
+            max_message: Some(self.ws_max_message),
+            read_rate: self.read_rate,
+        }
+    }
+
+    /// The user `request`'s token names, checked the same at every door (the upgrade, the
+    /// page's token check): an address past its failed logins gets `429` with
+    /// `Retry-After` and its token is not even read; a refused token gets `401` and counts
+    /// as a failed login. `None` once that answer is written.
+    fn login(
+        &mut self,
+        request: &Request<'_>,
+        client: IpAddr,
+        now: u64,
+        response: &mut Vec<u8>,
+    ) -> Option<String> {
+        if let Err(retry) = self.login_guard.admit(address_key(client), now) {
+            let retry = retry.to_string();
+            handshake::write_response(
+                response,
+                429,
+                "Too Many Requests",
+                "text/plain; charset=utf-8",
+                &[("Retry-After", &retry)],
+                b"too many failed logins from this address\n",
+            );
+            return None;
+        }
         match self.authenticate(request) {
-            Ok(user) => {
-                let held = self.hub.connections_held(&user)
-                    + self.admitted.values().filter(|(u, _)| *u == user).count();
-                if self.max_per_user > 0 && held >= self.max_per_user {
-                    crate::log_warn!("refused {user} from {client}: already {held} connections");
-                    refuse_busy(response, "too many connections for this user\n");
-                    return Admission::Refuse;
-                }
-                self.admitted.insert(conn, (user, client));
-                Admission::Accept {
-                    protocol,
-                    max_message: Some(self.ws_max_message),
-                    read_rate: self.read_rate,
-                }
-            }
+            Ok(user) => Some(user),
             Err(e) => {
                 // The first failure of an address in a window is logged; the rest are
                 // counted into one summary line, so a token flood cannot flood the log.
-                if self.login_guard.failed(address_key(client), net.now) {
+                if self.login_guard.failed(address_key(client), now) {
                     crate::log_warn!("auth failed from {client}: {e}");
                 }
                 let body = format!("{e}\n");
@@ -301,10 +324,13 @@ impl Server {
                     401,
                     "Unauthorized",
                     "text/plain; charset=utf-8",
-                    &[("WWW-Authenticate", "Bearer")],
+                    &[
+                        ("WWW-Authenticate", "Bearer"),
+                        ("Cache-Control", "no-store"),
+                    ],
                     body.as_bytes(),
                 );
-                Admission::Refuse
+                None
             }
         }
     }
@@ -337,34 +363,7 @@ impl Server {
             let client = self
                 .trusted_proxies
                 .client(peer, request.headers_named("x-forwarded-for"));
-            if let Err(retry) = self.login_guard.admit(address_key(client), net.now) {
-                let retry = retry.to_string();
-                handshake::write_response(
-                    out,
-                    429,
-                    "Too Many Requests",
-                    "text/plain; charset=utf-8",
-                    &[("Retry-After", &retry)],
-                    b"too many failed logins from this address\n",
-                );
-                return;
-            }
-            if let Err(e) = self.authenticate(request) {
-                if self.login_guard.failed(address_key(client), net.now) {
-                    crate::log_warn!("auth failed from {client}: {e}");
-                }
-                let body = format!("{e}\n");
-                handshake::write_response(
-                    out,
-                    401,
-                    "Unauthorized",
-                    "text/plain; charset=utf-8",
-                    &[
-                        ("WWW-Authenticate", "Bearer"),
-                        ("Cache-Control", "no-store"),
-                    ],
-                    body.as_bytes(),
-                );
+            if self.login(request, client, net.now, out).is_none() {
                 return;
             }
         }
@@ -596,24 +595,14 @@ impl Service for Server {
                 read_rate: self.read_rate,
             }
         } else {
-            if let Err(retry) = self.login_guard.admit(address_key(client), net.now) {
-                // Past its failed logins the address is not even heard: no token check.
-                let retry = retry.to_string();
-                handshake::write_response(
-                    response,
-                    429,
-                    "Too Many Requests",
-                    "text/plain; charset=utf-8",
-                    &[("Retry-After", &retry)],
-                    b"too many failed logins from this address\n",
-                );
+            let Some(user) = self.login(request, client, net.now, response) else {
                 return Admission::Refuse;
-            }
+            };
             let protocol = upgrade
                 .protocols()
                 .any(|p| p == SUBPROTOCOL)
                 .then_some(SUBPROTOCOL);
-            self.authorize(conn, request, client, net, protocol, response)
+            self.authorize(conn, user, client, protocol, response)
         };
         if matches!(admission, Admission::Accept { .. }) {
             self.address_of.insert(conn, client);
