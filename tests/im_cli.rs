@@ -4,29 +4,10 @@
 
 mod im_support;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use im_support::*;
 use serde_json::Value;
-
-fn output_within(mut command: std::process::Command, within: Duration) -> std::process::Output {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let deadline = std::time::Instant::now() + within;
-    while std::time::Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return child.wait_with_output().expect("output");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = child.kill();
-    let output = child.wait_with_output();
-    panic!("still running after {within:?}: {output:?}");
-}
 
 #[test]
 fn serve_without_a_secret_refuses_to_start() {

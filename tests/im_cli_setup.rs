@@ -8,31 +8,10 @@ mod im_support;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use im_support::*;
-
-/// Runs a command that is expected to end by itself, bounded.
-fn output_within(mut command: Command, within: Duration) -> Output {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return child.wait_with_output().expect("output");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = child.kill();
-    panic!(
-        "still running after {within:?}: {:?}",
-        child.wait_with_output()
-    );
-}
 
 fn succeeds(command: Command) -> String {
     let output = output_within(command, Duration::from_secs(10));

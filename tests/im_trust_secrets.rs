@@ -4,35 +4,14 @@
 
 mod im_support;
 
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use im_support::*;
 use serde_json::Value;
 
 /// A 31-byte secret: one short of the minimum.
 const SHORT: &str = "0123456789abcdef0123456789abcde";
-
-/// Runs a command that is expected to end by itself, bounded.
-fn output_within(mut command: Command, within: Duration) -> Output {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return child.wait_with_output().expect("output");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = child.kill();
-    panic!(
-        "still running after {within:?}: {:?}",
-        child.wait_with_output()
-    );
-}
 
 /// Asserts `command` exits non-zero without listening, and returns its stderr.
 fn refused(command: Command) -> String {

@@ -257,6 +257,28 @@ pub fn serve_command(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Comman
     command
 }
 
+/// Runs a command that is expected to end by itself, its output captured, and fails the
+/// test if it is still running after `within`.
+pub fn output_within(mut command: Command, within: Duration) -> std::process::Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return child.wait_with_output().expect("output");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    panic!(
+        "still running after {within:?}: {:?}",
+        child.wait_with_output()
+    );
+}
+
 /// `courier ARGS` with none of the test's own `COURIER_*` variables: the test's
 /// environment must not configure the server behind its back. Stderr is piped: a
 /// [`Server`] keeps it for a failing test, `output()` returns it, and nothing reaches
