@@ -4,8 +4,6 @@
 
 mod im_support;
 
-use std::io::Read;
-
 use im_support::*;
 use serde_json::{json, Value};
 
@@ -15,17 +13,7 @@ fn upgrade_with(server: &Server, token: &str) -> (u16, String) {
     if status == 101 {
         return (status, head);
     }
-    let length: usize = head
-        .to_ascii_lowercase()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("content-length:")
-                .map(|v| v.trim().parse().unwrap())
-        })
-        .unwrap_or(0);
-    let mut body = vec![0u8; length];
-    stream.read_exact(&mut body).expect("refusal body");
-    (status, String::from_utf8_lossy(&body).into_owned())
+    (status, read_body(&head, &mut stream))
 }
 
 fn signed(claims: Value) -> String {

@@ -471,6 +471,11 @@ pub fn http_get(addr: SocketAddr, target: &str) -> (u16, String) {
     let request = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).expect("write request");
     let head = read_head(&mut stream);
+    (parse_status(&head), read_body(&head, &mut stream))
+}
+
+/// The body that follows `head` on `stream`, as long as its `Content-Length` says.
+pub fn read_body(head: &str, stream: &mut TcpStream) -> String {
     let length: usize = head
         .to_ascii_lowercase()
         .lines()
@@ -481,10 +486,7 @@ pub fn http_get(addr: SocketAddr, target: &str) -> (u16, String) {
         .unwrap_or(0);
     let mut body = vec![0u8; length];
     stream.read_exact(&mut body).expect("response body");
-    (
-        parse_status(&head),
-        String::from_utf8_lossy(&body).into_owned(),
-    )
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 /// Writes one client frame (masked unless `masked` is false) with FIN set.
