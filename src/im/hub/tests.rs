@@ -3599,11 +3599,17 @@ fn block_requests_are_checked_ordered_behind_writes_and_refused_while_stopping()
     }
 }
 
-/// Takes the oldest pending job and runs it now, as a reader taking its snapshot; the
+/// Takes the oldest pending reach job and runs it now, as a reader taking its snapshot; the
 /// completion is delivered later, after whatever the test commits meanwhile.
 fn snapshot(h: &mut Harness) -> Completion {
-    let job = h.take();
-    assert!(matches!(job, Job::Reach { .. }), "{job:?}");
+    let at = h
+        .queue
+        .iter()
+        .position(|job| matches!(job, Job::Reach { .. }));
+    let job = h
+        .queue
+        .remove(at.expect("a reach job is pending"))
+        .expect("in range");
     h.run(&job)
 }
 
@@ -3741,4 +3747,58 @@ fn a_blocked_contact_looks_offline_to_a_new_watch_like_any_contact_who_is() {
         "bob (online, blocking ann) as cat (offline); zed, a stranger, not at all"
     );
     assert!(h.disconnect(2).frames(1).is_empty());
+}
+
+#[test]
+fn a_watched_answer_older_than_a_second_leave_does_not_keep_presence_flowing() {
+    // ann and cat share groups 7 and 8; cat leaves both. The read that follows the first
+    // leave sees group 8 still shared, but the second leave lands before its answer: that
+    // leave's own second look is what ends the watch.
+    let mut h = Harness::new(HubConfig::default());
+    h.store.groups.insert(7, vec!["ann".into(), "cat".into()]);
+    h.store.groups.insert(8, vec!["ann".into(), "cat".into()]);
+    h.connect(1, "ann");
+    h.connect(2, "cat");
+    h.req(1, json!({"type": "watch", "users": ["cat"]}));
+    assert_eq!(presences(&h.complete(), 1), [("cat".to_owned(), true)]);
+    let leave = |h: &mut Harness, gid: u64| {
+        h.req(2, json!({"type": "group_leave", "gid": gid.to_string()}));
+        let at = h
+            .queue
+            .iter()
+            .position(|j| matches!(j, Job::GroupLeave { .. }));
+        let Some(Job::GroupLeave { tag, .. }) = h.queue.remove(at.expect("a leave")) else {
+            unreachable!("matched above");
+        };
+        h.store.groups.insert(gid, vec!["ann".into()]);
+        let change = crate::store::GroupChange {
+            gid,
+            name: "t".into(),
+            owner: Some("ann".into()),
+            members: vec!["ann".into()],
+            changed: vec!["cat".into()],
+            event: Some(Sent {
+                mid: 60 + gid,
+                conv: format!("group:{gid}"),
+                ts: WALL0,
+                sender_seq: gid,
+                duplicate: false,
+                // Pushes are not what this test is about.
+                deliveries: Vec::new(),
+                from: "cat".into(),
+                cid: format!("group:{gid}:leave"),
+                body: String::new(),
+                kind: "group".into(),
+            }),
+        };
+        h.deliver(Completion::Group {
+            tag,
+            result: Ok(change),
+        })
+    };
+    leave(&mut h, 7);
+    let stale = snapshot(&mut h);
+    leave(&mut h, 8);
+    assert!(presences(&h.deliver(stale), 1).is_empty());
+    assert_eq!(presences(&h.settle(), 1), [("cat".to_owned(), false)]);
 }
