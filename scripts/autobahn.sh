@@ -17,6 +17,8 @@
 #                     `$AUTOBAHN_SERVER echo --listen 127.0.0.1:0 --max-message 16777216`
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 out=${1:-${AUTOBAHN_OUT:-reports/autobahn}}
 venv=${AUTOBAHN_VENV:-target/kosoku-venv}
@@ -26,15 +28,6 @@ kosoku_version=0.1.0
 max_message=16777216
 
 log() { echo "autobahn.sh: $*"; }
-
-# True while process $1 runs. (`kill -0` is not enough: it also succeeds on a child that
-# has exited but not yet been reaped.)
-alive() {
-    local stat
-    read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
-    stat=${stat##*) }
-    [ "${stat%% *}" != Z ]
-}
 
 apt_updated=""
 apt_install() {

@@ -35,6 +35,8 @@
 #   BENCH_ROUNDS   runs of each server per row (default 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 server_core=${SERVER_CORE:-0}
 client_core=${CLIENT_CORE:-1}
@@ -54,13 +56,6 @@ rows=(
 )
 
 log() { echo "bench-echo.sh: $*"; }
-
-alive() {
-    local stat
-    read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
-    stat=${stat##*) }
-    [ "${stat%% *}" != Z ]
-}
 
 # ---- build
 log "building courier (release) and the echo_peer bench"

@@ -21,6 +21,8 @@
 #   E2E_TIMEOUT      seconds the whole run may take before it is killed (default: 600)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 started=$SECONDS
 shots=${E2E_SCREENSHOTS:-target/e2e-screenshots}
@@ -28,23 +30,6 @@ export E2E_SCREENSHOTS=$shots
 
 step() {
     printf -- '-- e2e: %s (%ds)\n' "$1" "$((SECONDS - started))"
-}
-
-sudo_if_needed() {
-    if [ "$(id -u)" -eq 0 ]; then
-        "$@"
-    else
-        sudo "$@"
-    fi
-}
-
-apt_updated=0
-apt_install() {
-    if [ "$apt_updated" -eq 0 ]; then
-        sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-        apt_updated=1
-    fi
-    sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
 }
 
 # ---- what the tests need ----

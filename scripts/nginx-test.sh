@@ -29,6 +29,8 @@
 #   NGINX_TEST_KEEP    1: keep the temp folder (configs, logs) for a look afterwards
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 started=$SECONDS
 read_timeout=${READ_TIMEOUT:-4}
@@ -42,31 +44,6 @@ step() {
 fail() {
     echo "nginx-test: FAILED: $*" >&2
     exit 1
-}
-
-sudo_if_needed() {
-    if [ "$(id -u)" -eq 0 ]; then
-        "$@"
-    else
-        sudo "$@"
-    fi
-}
-
-apt_updated=0
-apt_install() {
-    if [ "$apt_updated" -eq 0 ]; then
-        sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-        apt_updated=1
-    fi
-    sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
-}
-
-# True while process $1 runs (`kill -0` also succeeds on an exited child not yet reaped).
-alive() {
-    local stat
-    read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
-    stat=${stat##*) }
-    [ "${stat%% *}" != Z ]
 }
 
 # ---- what the test needs

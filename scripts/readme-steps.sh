@@ -25,6 +25,8 @@
 #                 target/debug/courier, built if missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 started=$SECONDS
 step() {
@@ -33,13 +35,6 @@ step() {
 fail() {
     echo "readme-steps: FAILED: $*" >&2
     exit 1
-}
-# Running and not a zombie (kill -0 succeeds on a zombie not yet reaped).
-alive() {
-    local stat
-    read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
-    stat=${stat##*) }
-    [ "${stat%% *}" != Z ]
 }
 
 # ---- the steps, from the README

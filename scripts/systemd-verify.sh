@@ -20,6 +20,8 @@
 #   SECURITY_MAX   highest exposure score accepted (default 2.0)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 started=$SECONDS
 unit=deploy/systemd/courier.service
@@ -31,29 +33,6 @@ step() {
 fail() {
     echo "systemd-verify: FAILED: $*" >&2
     exit 1
-}
-
-sudo_if_needed() {
-    if [ "$(id -u)" -eq 0 ]; then
-        "$@"
-    else
-        sudo "$@"
-    fi
-}
-apt_updated=0
-apt_install() {
-    if [ "$apt_updated" -eq 0 ]; then
-        sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-        apt_updated=1
-    fi
-    sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
-}
-
-alive() {
-    local stat
-    read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
-    stat=${stat##*) }
-    [ "${stat%% *}" != Z ]
 }
 
 if ! command -v systemd-analyze >/dev/null 2>&1; then

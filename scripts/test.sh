@@ -19,6 +19,8 @@
 #   (scripts/autobahn.sh documents its own AUTOBAHN_* variables)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 started=$SECONDS
 passed=0
@@ -77,23 +79,6 @@ on_exit() {
     fi
 }
 trap on_exit EXIT
-
-# True while process $1 runs (`kill -0` also succeeds on an exited child not yet reaped).
-running() {
-    local stat
-    read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
-    stat=${stat##*) }
-    [ "${stat%% *}" != Z ]
-}
-
-# Debian packages are installed as root, or through sudo when there is one.
-sudo_if_needed() {
-    if [ "$(id -u)" -eq 0 ]; then
-        "$@"
-    else
-        sudo "$@"
-    fi
-}
 
 section "toolchain"
 cargo --version
@@ -240,7 +225,7 @@ echo "fuzz: ${fuzz_targets[*]:0:half} building, then running, in the background"
 # cargo-fuzz and a C++ compiler when missing, then builds all targets before its first
 # run, where it prints `---- fuzz`; two at once would race on apt and cargo install.
 built() { grep -q '^---- fuzz ' "$fuzz_logs/first.log"; }
-while running "$fuzz_pid" && ! built; do
+while alive "$fuzz_pid" && ! built; do
     sleep 1
 done
 second_status=0
